@@ -1,0 +1,46 @@
+# Task runner. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest
+TOOLS_ENV = eval "$$(hack/build-tools.sh --print-env)"
+
+.PHONY: help bootstrap lint test test-unit test-integration test-chart test-k8s e2e check crds up down
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+bootstrap: ## install everything the tests need (apt, pip, Go-built tools; cached)
+	hack/bootstrap.sh
+
+lint: ## ruff and mypy --strict
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+test-unit: ## pure logic: builders, rewriting, schemas
+	$(PYTEST) tests/unit
+
+test-integration: ## sidecar and stand-in ComfyUI over real HTTP
+	$(PYTEST) tests/integration
+
+test-chart: ## helm lint/template, schema validation of the rendered chart
+	$(TOOLS_ENV); $(PYTEST) tests/chart
+
+test: test-unit test-integration test-chart ## the fast tiers
+
+test-k8s: ## the real-API-server tier (builds Kubernetes from Go modules once, cached)
+	hack/build-tools.sh
+	$(TOOLS_ENV); $(PYTEST) tests/k8s
+
+e2e: ## real pods on kind (needs Docker and a kind node image)
+	$(TOOLS_ENV); $(PYTEST) tests/e2e
+
+check: lint test test-k8s e2e ## everything CI runs
+
+crds: ## regenerate crds/ and the chart's copy from the pydantic models
+	$(PYTHON) -m comfyui_operator.crdgen --write
+
+up: ## kind cluster + images + helm install + example instance + one prompt end to end
+	hack/up.sh
+
+down: ## delete the kind cluster
+	hack/down.sh

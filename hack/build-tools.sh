@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Builds the pinned tools the test tiers need from the Go module proxy into a cache outside the repository,
+# one directory per tool and version, and reuses what is already there. Nothing else is downloaded.
+#
+#   hack/build-tools.sh [k8s|etcd|kwok|helm|kind|all]...      (default: all but kind)
+#
+# Prints nothing but progress on stderr; `hack/build-tools.sh --print-env` prints the KWOK_* / PATH exports.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"      # Kubernetes minor 1.34
+ETCD_VERSION="${ETCD_VERSION:-v3.6.5}"     # what kubeadm 1.34 pins (DefaultEtcdVersion 3.6.5-0)
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v3.21.4}"
+KIND_VERSION="${KIND_VERSION:-v0.32.0}"
+
+TOOLS_CACHE="${COMFYUI_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/comfyui-operator/tools}"
+export GOFLAGS="${GOFLAGS:--mod=mod}"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+
+log() { printf '[build-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+dir_for() { echo "$TOOLS_CACHE/$1-$2"; }
+
+# run_once NAME VERSION FUNC: builds into a temp dir and renames it into place, so a half-built tool is never used.
+run_once() {
+  local name=$1 version=$2 func=$3 final tmp
+  final=$(dir_for "$name" "$version")
+  if [[ -f "$final/.complete" ]]; then
+    log "$name $version: cached in $final"
+    return 0
+  fi
+  mkdir -p "$TOOLS_CACHE"
+  exec {lock}>"$TOOLS_CACHE/.$name-$version.lock"
+  flock "$lock"
+  if [[ -f "$final/.complete" ]]; then log "$name $version: built by another process"; return 0; fi
+  tmp=$(mktemp -d "$TOOLS_CACHE/.$name-$version.XXXXXX")
+  log "$name $version: building into $final"
+  local start=$SECONDS
+  (cd "$tmp" && "$func" "$version" "$tmp/bin")
+  touch "$tmp/bin" "$tmp/.complete"
+  rm -rf "$final"
+  mv "$tmp" "$final"
+  log "$name $version: done in $((SECONDS - start)) s"
+}
+
+build_k8s() {
+  local version=$1 out=$2 minor staging
+  minor=$(echo "$version" | cut -d. -f2)
+  staging="v0.${version#v1.}"
+  mkdir -p "$out" wrapper
+  cd wrapper
+  cat > go.mod <<MOD
+module comfyui-operator.local/k8s-build
+
+go 1.24.0
+
+require k8s.io/kubernetes $version
+MOD
+  # k8s.io/kubernetes replaces its staging modules with local paths; point them at the published tags instead.
+  go mod download -json "k8s.io/kubernetes@$version" >/dev/null
+  local gomod
+  gomod=$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$version.mod
+  {
+    echo "replace ("
+    sed -n '/^replace (/,/^)/p' "$gomod" | grep -o 'k8s.io/[a-z0-9-]* =>' | sed "s#=>#=> \\0#" | \
+      awk -v v="$staging" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } >> go.mod
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+GO
+  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+              k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubectl/pkg/cmd k8s.io/kubernetes/cmd/kubectl)
+  go get "${pkgs[@]}" >&2
+  local pkg=k8s.io/component-base/version
+  local ld="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  ld+=" -X k8s.io/client-go/pkg/version.gitVersion=$version -X k8s.io/client-go/pkg/version.gitMajor=1"
+  ld+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    log "  go build $cmd"
+    go build -ldflags "$ld" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  done
+  "$out/kube-apiserver" --version >&2
+}
+
+build_etcd() {
+  local version=$1 out=$2
+  mkdir -p "$out" wrapper && cd wrapper
+  printf 'module comfyui-operator.local/etcd-build\n\ngo 1.24.0\n' > go.mod
+  go get "go.etcd.io/etcd/server/v3@$version" "go.etcd.io/etcd/etcdctl/v3@$version" >&2
+  go build -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
+  go build -ldflags "-s -w" -o "$out/etcdctl" go.etcd.io/etcd/etcdctl/v3
+  "$out/etcd" --version >&2
+}
+
+build_go_install() {  # module@version commands...
+  local out=$1 modver=$2; shift 2
+  mkdir -p "$out"
+  for cmd in "$@"; do
+    GOBIN="$out" go install -ldflags "-s -w" "$cmd@${modver#*@}" >&2
+  done
+}
+
+build_kwok() {
+  local pkg=sigs.k8s.io/kwok/pkg/consts
+  mkdir -p "$2"
+  for cmd in kwok kwokctl; do
+    GOBIN="$2" go install -ldflags "-s -w -X $pkg.Version=$1 -X $pkg.KubeVersion=$K8S_VERSION" \
+      "sigs.k8s.io/kwok/cmd/$cmd@$1" >&2
+  done
+}
+build_helm() {
+  mkdir -p "$2"
+  GOBIN="$2" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$1" "helm.sh/helm/v3/cmd/helm@$1" >&2
+}
+build_kind() { mkdir -p "$2"; GOBIN="$2" go install -ldflags "-s -w" "sigs.k8s.io/kind@$1" >&2; }
+
+print_env() {
+  local k e kw h
+  k=$(dir_for kubernetes "$K8S_VERSION")/bin; e=$(dir_for etcd "$ETCD_VERSION")/bin
+  kw=$(dir_for kwok "$KWOK_VERSION")/bin; h=$(dir_for helm "$HELM_VERSION")/bin
+  cat <<ENV
+export COMFYUI_TOOLS_BIN="$k:$e:$kw:$h:$(dir_for kind "$KIND_VERSION")/bin"
+export KUBE_VERSION="$K8S_VERSION"
+export KWOK_KUBE_VERSION="$K8S_VERSION"
+export KWOK_KUBE_APISERVER_BINARY="$k/kube-apiserver"
+export KWOK_KUBE_CONTROLLER_MANAGER_BINARY="$k/kube-controller-manager"
+export KWOK_KUBE_SCHEDULER_BINARY="$k/kube-scheduler"
+export KWOK_KUBECTL_BINARY="$k/kubectl"
+export KWOK_ETCD_BINARY="$e/etcd"
+export KWOK_ETCDCTL_BINARY="$e/etcdctl"
+export KWOK_CONTROLLER_BINARY="$kw/kwok"
+export KWOKCTL_BINARY="$kw/kwokctl"
+export HELM_BINARY="$h/helm"
+ENV
+}
+
+main() {
+  if [[ "${1:-}" == "--print-env" ]]; then print_env; return; fi
+  local targets=("$@")
+  [[ ${#targets[@]} -gt 0 ]] || targets=(helm kwok etcd k8s)
+  for t in "${targets[@]}"; do
+    case "$t" in
+      k8s) run_once kubernetes "$K8S_VERSION" build_k8s ;;
+      etcd) run_once etcd "$ETCD_VERSION" build_etcd ;;
+      kwok) run_once kwok "$KWOK_VERSION" build_kwok ;;
+      helm) run_once helm "$HELM_VERSION" build_helm ;;
+      kind) run_once kind "$KIND_VERSION" build_kind ;;
+      all) main helm kwok etcd k8s kind ;;
+      *) echo "unknown tool: $t" >&2; return 2 ;;
+    esac
+  done
+}
+main "$@"

@@ -1,0 +1,1 @@
+"""comfyui_sidecar."""

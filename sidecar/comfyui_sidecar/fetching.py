@@ -1,0 +1,133 @@
+"""The seam between prompt rewriting (pure) and downloading (I/O).
+
+`rewrite` turns a request's prompt into a rewritten prompt plus a list of `Fetch` items: URL values that must be
+downloaded before the prompt can run. A `Fetcher` (the cache, `comfyui_sidecar.cache`) resolves them into the value
+the prompt should carry instead, and keeps the files pinned (not evictable) while the prompt runs.
+`apply_fetched` writes those values back into the prompt. Rewriting and applying are pure; only the fetcher does I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Auth(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class BearerAuth(_Auth):
+    type: Literal["bearer"]
+    token: str
+
+
+class BasicAuth(_Auth):
+    type: Literal["basic"]
+    username: str
+    password: str
+
+
+class HeaderAuth(_Auth):
+    type: Literal["header"]
+    header_name: str
+    header_value: str
+
+
+class QueryAuth(_Auth):
+    type: Literal["query"]
+    query_param: str
+    query_value: str
+
+
+class S3Auth(_Auth):
+    type: Literal["s3"]
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+
+
+DownloadAuth = Annotated[
+    BearerAuth | BasicAuth | HeaderAuth | QueryAuth | S3Auth, Field(discriminator="type")
+]
+
+
+class Credential(BaseModel):
+    """Per-request credentials for URLs matching `url_pattern` (contract 4.4: `**`, `*`, `?` globs)."""
+
+    model_config = ConfigDict(extra="ignore")
+    url_pattern: str
+    auth: DownloadAuth
+
+
+FetchKind = Literal["input", "model"]
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One URL value in the prompt that must be downloaded before the prompt runs.
+
+    kind "input": a media input; `folder` is the sub-directory of the input directory the link goes into
+      ("" for the input directory itself, the request id for image directories).
+    kind "model": a model-loader input; `folder` is ComfyUI's model folder name (e.g. "checkpoints").
+    `index` is the position inside a list value (image directories), else None.
+    """
+
+    url: str
+    node_id: str
+    input_name: str
+    kind: FetchKind
+    folder: str
+    index: int | None = None
+
+
+class FetchError(Exception):
+    """A fetch that failed for a reason the client should see (message is safe to return; no secrets)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Fetcher(Protocol):
+    def pin(
+        self, items: Sequence[Fetch], credentials: Sequence[Credential]
+    ) -> AbstractAsyncContextManager[Mapping[Fetch, str]]:
+        """Download (or reuse) every item and yield item -> value the prompt should carry.
+
+        For inputs the value is the file name relative to the input directory; for models the file name inside
+        its model folder. The files stay pinned (never evicted) until the context exits. Raises FetchError.
+        """
+        ...
+
+
+class NoDownloads:
+    """A fetcher for a sidecar without a cache: every URL is refused with a clear error."""
+
+    @asynccontextmanager
+    async def pin(
+        self, items: Sequence[Fetch], credentials: Sequence[Credential]
+    ) -> AsyncIterator[Mapping[Fetch, str]]:
+        if items:
+            raise FetchError(f"URL downloads are not enabled on this sidecar: {items[0].url}")
+        yield {}
+
+
+def apply_fetched(prompt: Mapping[str, Any], resolved: Mapping[Fetch, str]) -> dict[str, Any]:
+    """Return a copy of `prompt` with every fetched URL replaced by its resolved value."""
+    out: dict[str, Any] = copy.deepcopy(dict(prompt))
+    for item, value in resolved.items():
+        inputs = out[item.node_id]["inputs"]
+        if item.index is None:
+            inputs[item.input_name] = value
+        else:
+            inputs[item.input_name][item.index] = value
+    return out

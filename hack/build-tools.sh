@@ -34,13 +34,16 @@ run_once() {
   exec {lock}>"$TOOLS_CACHE/.$name-$version.lock"
   flock "$lock"
   if [[ -f "$final/.complete" ]]; then log "$name $version: built by another process"; return 0; fi
+  rm -rf "$TOOLS_CACHE/.$name-$version".??????   # leftovers of an interrupted build (we hold the lock)
   tmp=$(mktemp -d "$TOOLS_CACHE/.$name-$version.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
   log "$name $version: building into $final"
   local start=$SECONDS
   (cd "$tmp" && "$func" "$version" "$tmp/bin")
   touch "$tmp/bin" "$tmp/.complete"
   rm -rf "$final"
   mv "$tmp" "$final"
+  trap - EXIT
   log "$name $version: done in $((SECONDS - start)) s"
 }
 
@@ -67,20 +70,15 @@ MOD
       awk -v v="$staging" '{print "\t" $1 " => " $1 " " v}'
     echo ")"
   } >> go.mod
-  cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-GO
-  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-              k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubectl/pkg/cmd k8s.io/kubernetes/cmd/kubectl)
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) pkgs=() cmd
+  for cmd in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd@$version"); done
   go get "${pkgs[@]}" >&2
   local pkg=k8s.io/component-base/version
   local ld="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   ld+=" -X k8s.io/client-go/pkg/version.gitVersion=$version -X k8s.io/client-go/pkg/version.gitMajor=1"
   ld+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in "${cmds[@]}"; do
     log "  go build $cmd"
     go build -ldflags "$ld" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done

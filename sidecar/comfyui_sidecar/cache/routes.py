@@ -1,0 +1,115 @@
+"""`POST /download` (contract 2.7): fetch a model URL into the cache's model folder `model_type`.
+
+The shared model volume is read-only, so the link goes to `<cache>/models/<model_type>/<filename>`, which
+ComfyUI searches through the extra_model_paths.yaml the cache writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from comfyui_sidecar.cache.naming import redact_url, strip_userinfo, url_basename
+from comfyui_sidecar.cache.store import ModelCache
+from comfyui_sidecar.fetching import Credential, DownloadAuth, FetchError
+
+log = logging.getLogger(__name__)
+
+
+class DownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: str
+    model_type: str
+    filename: str | None = None
+    wait: bool = False
+    auth: DownloadAuth | None = None
+
+
+def _error(message: str, status: int = 400, location: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if location:
+        body["location"] = location
+    return web.json_response(body, status=status)
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    return f"Bad Request: {loc}: {first['msg']}", f"body.{loc}" if loc else "body"
+
+
+def add_download_routes(app: web.Application, cache: ModelCache) -> None:
+    """Register `POST /download` on `app`, backed by `cache`."""
+    app.add_routes(download_routes(cache))
+
+
+def download_routes(cache: ModelCache) -> list[web.RouteDef]:
+    """The route table of `POST /download` (background downloads are owned, and cancelled, by the cache)."""
+
+    async def download(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _error("Unsupported Media Type: send application/json", status=415)
+        try:
+            raw = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error("Bad Request: body is not valid JSON", location="body")
+        try:
+            req = DownloadRequest.model_validate(raw)
+        except ValidationError as exc:
+            message, location = _validation_message(exc)
+            return _error(message, location=location)
+        parts = urlsplit(req.url)
+        if not parts.scheme or not parts.netloc:
+            return _error(f"Invalid URL: {strip_userinfo(req.url)}", location="body.url")
+        if parts.scheme.lower() not in ("http", "https"):
+            message = f"No storage provider found for URL: {strip_userinfo(req.url)}"
+            return _error(message, location="body.url")
+        if not cache.is_model_folder(req.model_type):
+            known = ", ".join(cache.model_folders())
+            message = f"Bad Request: unknown model_type {req.model_type!r} (known: {known})"
+            return _error(message, location="body.model_type")
+        filename = req.filename or url_basename(req.url) or None
+        creds = [Credential(url_pattern="**", auth=req.auth)] if req.auth is not None else []
+        shown_url = strip_userinfo(req.url)
+
+        async def run() -> web.Response:
+            done = await cache.download(req.url, folder=req.model_type, filename=filename, credentials=creds)
+            return web.json_response(
+                {
+                    "url": shown_url,
+                    "model_type": req.model_type,
+                    "filename": done.link_name,
+                    "status": "completed",
+                    "size": done.entry.size,
+                    "duration": round(done.seconds, 3),
+                    "sha256": done.entry.sha256,
+                }
+            )
+
+        if req.wait:
+            try:
+                return await run()
+            except FetchError as exc:
+                return _error(exc.message, location="body.url")
+
+        async def background() -> None:
+            try:
+                await run()
+            except FetchError as exc:
+                log.error("download %s failed: %s", redact_url(req.url), exc.message)
+            except Exception:
+                log.exception("download %s failed", redact_url(req.url))
+
+        cache.run_in_background(background())
+        return web.json_response(
+            {"url": shown_url, "model_type": req.model_type, "filename": filename, "status": "started"},
+            status=202,
+        )
+
+    return [web.post("/download", download)]

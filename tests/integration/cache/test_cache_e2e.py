@@ -1,0 +1,154 @@
+"""End to end: sidecar (with the cache wired in) -> stand-in ComfyUI, models and inputs from a file server.
+
+The stand-in reads the extra_model_paths.yaml the cache writes, so it loads the downloaded model by the
+rewritten name from <cache>/models/<folder>/.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from cache_fileserver are redefined as arguments)
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cache_fileserver import FileServer, file_server  # noqa: F401 (fixtures)
+from comfyui_sidecar.app import build_fetcher
+from comfyui_sidecar.cache.folders import extra_model_paths_yaml, known_folders
+from comfyui_sidecar.cache.naming import url_hash
+from comfyui_standin.models import safetensors_bytes
+from comfyui_standin.testing import run_standin
+from conftest import RunningSidecar, run_sidecar, sidecar_settings
+from PIL import Image
+
+
+def png_bytes(size: tuple[int, int] = (4, 4)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upscale_prompt(image_url: str, model_url: str, prefix: str = "up") -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image_url}},
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model_url}},
+        "3": {
+            "class_type": "ImageUpscaleWithModel",
+            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
+        },
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
+    }
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, file_server: FileServer) -> AsyncIterator[RunningSidecar]:
+    cache_dir = tmp_path / "cache"
+    paths_file = tmp_path / "extra_model_paths.yaml"
+    # what the operator's ConfigMap / the cache's own writer gives ComfyUI at start
+    paths_file.write_text(extra_model_paths_yaml(cache_dir / "models", known_folders()))
+    async with run_standin(tmp_path / "comfy", extra_model_paths_configs=[paths_file]) as comfy:
+        settings = sidecar_settings(
+            comfy.url,
+            comfy.dirs,
+            cache_dir=cache_dir,
+            extra_model_paths_file=paths_file,
+            download_allow_networks=["127.0.0.1/32"],
+            download_backoff_seconds=0.01,
+        )
+        # the real wiring: app.build_fetcher gives the ModelCache (the shared run_sidecar defaults to none)
+        async with run_sidecar(settings, fetcher=build_fetcher(settings)) as sidecar:
+            yield sidecar
+
+
+async def test_standin_loads_the_downloaded_model_by_its_rewritten_name(
+    stack: RunningSidecar, file_server: FileServer
+) -> None:
+    file_server.add("x3.safetensors", safetensors_bytes({"scale": "3"}))
+    file_server.add("in.png", png_bytes(), ctype="image/png")
+    model_url = file_server.url("/files/x3.safetensors")
+    image_url = file_server.url("/files/in.png")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{stack.url}/prompt", json={"prompt": upscale_prompt(image_url, model_url)}) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 200, body
+    assert body["prompt"]["2"]["inputs"]["model_name"] == url_hash(model_url) + ".safetensors"
+    out = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert out.size == (12, 12)  # the x3 model from the cache was really used
+
+
+async def test_sixteen_concurrent_prompts_with_one_new_url_cause_one_get(
+    stack: RunningSidecar, file_server: FileServer
+) -> None:
+    file_server.add("x2.safetensors", safetensors_bytes({"scale": "2"}) + b"\0" * 300_000)
+    file_server.add("in.png", png_bytes(), ctype="image/png")
+    model_url = file_server.url("/slow/x2.safetensors")
+    image_url = file_server.url("/files/in.png")
+
+    async def one(http: aiohttp.ClientSession, i: int) -> int:
+        prompt = upscale_prompt(image_url, model_url, prefix=f"p{i}")
+        async with http.post(f"{stack.url}/prompt", json={"prompt": prompt}) as resp:
+            await resp.read()
+            return resp.status
+
+    async with aiohttp.ClientSession() as http:
+        statuses = await asyncio.gather(*(one(http, i) for i in range(16)))
+    assert statuses == [200] * 16
+    assert file_server.gets["/slow/x2.safetensors"] == 1
+    assert file_server.gets["/files/in.png"] == 1
+
+
+async def test_download_route_wait_and_background(stack: RunningSidecar, file_server: FileServer) -> None:
+    file_server.add("lora.safetensors", safetensors_bytes())
+    url = file_server.url("/files/lora.safetensors")
+    async with aiohttp.ClientSession() as http:
+        payload = {"url": url, "model_type": "loras", "filename": "my-lora", "wait": True}
+        async with http.post(f"{stack.url}/download", json=payload) as resp:
+            body = await resp.json()
+        assert resp.status == 200, body
+        assert body["status"] == "completed"
+        assert body["filename"] == "my-lora.safetensors"
+        assert body["size"] == len(safetensors_bytes())
+        assert len(body["sha256"]) == 64
+        link = stack.settings.cache_dir / "models" / "loras" / "my-lora.safetensors"
+        assert link.is_symlink()
+
+        file_server.add("bg.safetensors", safetensors_bytes())
+        bg = {"url": file_server.url("/files/bg.safetensors"), "model_type": "checkpoints"}
+        async with http.post(f"{stack.url}/download", json=bg) as resp:
+            assert resp.status == 202
+            assert (await resp.json())["status"] == "started"
+        target = stack.settings.cache_dir / "models" / "checkpoints" / "bg.safetensors"
+        for _ in range(200):
+            if target.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert target.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"url": "http://127.0.0.1:1/a.pt", "model_type": "nope", "wait": True}, "unknown model_type"),
+        ({"url": "ftp://h/a.pt", "model_type": "loras", "wait": True}, "No storage provider found"),
+        ({"url": "not a url", "model_type": "loras", "wait": True}, "Invalid URL"),
+        ({"model_type": "loras"}, "url"),
+        ({"url": "http://169.254.169.254/x", "model_type": "loras", "wait": True}, "metadata"),
+    ],
+)
+async def test_download_route_errors_are_clear_400s(
+    stack: RunningSidecar, payload: dict[str, Any], fragment: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{stack.url}/download", json=payload) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 400
+    assert fragment in body["error"]

@@ -4,7 +4,7 @@ PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest
 TOOLS_ENV = eval "$$(hack/build-tools.sh --print-env)"
 
-.PHONY: help bootstrap lint test test-unit test-integration test-chart test-k8s e2e check crds up down
+.PHONY: help bootstrap lint test test-unit test-integration test-chart test-k8s e2e check crds images up down
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -31,8 +31,12 @@ test-k8s: ## the real-API-server tier (builds Kubernetes from Go modules once, c
 	hack/build-tools.sh
 	$(TOOLS_ENV); $(PYTEST) tests/k8s
 
-e2e: ## real pods on kind (needs Docker and a kind node image)
+e2e: ## images built and run in Docker; real pods on kind (skips naming what is missing)
+	hack/build-tools.sh helm kind
 	$(TOOLS_ENV); $(PYTEST) tests/e2e
+
+images: ## build the operator and sidecar images (tag: IMAGE_TAG, default dev)
+	hack/images.sh
 
 check: lint test test-k8s e2e ## everything CI runs
 

@@ -8,6 +8,10 @@ PYTHON=${PYTHON:-python3}
 log() { printf '[bootstrap %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 APT_PACKAGES=(curl ca-certificates)
+# Images and the e2e tier: debootstrap builds a local base image when no registry is reachable; Debian's
+# Docker engine only where no Docker is installed (a runner's docker-ce conflicts with docker.io).
+APT_PACKAGES+=(debootstrap)
+command -v dockerd >/dev/null || APT_PACKAGES+=(docker.io containerd iptables)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [[ ${#missing[@]} -gt 0 ]]; then

@@ -111,16 +111,23 @@ build_kwok() {
       "sigs.k8s.io/kwok/cmd/$cmd@$1" >&2
   done
 }
+# Helm's default Kubernetes version (used by `helm template` and lint's deprecation checks) is stamped the way
+# helm's own Makefile does it; unstamped it says 1.20. The build key carries HELM_STAMP so a restamp rebuilds.
+HELM_STAMP="k8s1.34"
 build_helm() {
+  local version=${1%+*} ld="-s -w -X helm.sh/helm/v3/internal/version.version=${1%+*}" pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=34"
+  done
   mkdir -p "$2"
-  GOBIN="$2" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$1" "helm.sh/helm/v3/cmd/helm@$1" >&2
+  GOBIN="$2" go install -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$version" >&2
 }
 build_kind() { mkdir -p "$2"; GOBIN="$2" go install -ldflags "-s -w" "sigs.k8s.io/kind@$1" >&2; }
 
 print_env() {
   local k e kw h
   k=$(dir_for kubernetes "$K8S_VERSION")/bin; e=$(dir_for etcd "$ETCD_VERSION")/bin
-  kw=$(dir_for kwok "$KWOK_VERSION")/bin; h=$(dir_for helm "$HELM_VERSION")/bin
+  kw=$(dir_for kwok "$KWOK_VERSION")/bin; h=$(dir_for helm "$HELM_VERSION+$HELM_STAMP")/bin
   cat <<ENV
 export COMFYUI_TOOLS_BIN="$k:$e:$kw:$h:$(dir_for kind "$KIND_VERSION")/bin"
 export KUBE_VERSION="$K8S_VERSION"
@@ -146,7 +153,7 @@ main() {
       k8s) run_once kubernetes "$K8S_VERSION" build_k8s ;;
       etcd) run_once etcd "$ETCD_VERSION" build_etcd ;;
       kwok) run_once kwok "$KWOK_VERSION" build_kwok ;;
-      helm) run_once helm "$HELM_VERSION" build_helm ;;
+      helm) run_once helm "$HELM_VERSION+$HELM_STAMP" build_helm ;;
       kind) run_once kind "$KIND_VERSION" build_kind ;;
       all) main helm kwok etcd k8s kind ;;
       *) echo "unknown tool: $t" >&2; return 2 ;;

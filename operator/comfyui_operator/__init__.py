@@ -1,1 +1,3 @@
-"""comfyui_operator."""
+"""comfyui_operator: a kopf operator that runs ComfyUI behind the comfyui-api sidecar."""
+
+__version__ = "0.1.0"

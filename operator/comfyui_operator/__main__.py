@@ -1,0 +1,122 @@
+"""Entry point `comfyui-operator`: settings, logging, metrics, leader election, then kopf.
+
+Environment: see comfyui_operator.settings (COMFYUI_OPERATOR_*), plus KUBECONFIG outside a cluster and
+POD_NAME/POD_NAMESPACE (downward API) inside one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+import warnings
+
+import kopf
+import urllib3
+from kubernetes import config
+from pydantic import ValidationError
+
+from comfyui_operator import __version__, handlers, metrics
+from comfyui_operator.health import standby_health
+from comfyui_operator.kube import Kube, load_api_client
+from comfyui_operator.leader import LeaderElector
+from comfyui_operator.reconcile import Reconciler
+from comfyui_operator.settings import OperatorSettings, load_settings
+
+logger = logging.getLogger("comfyui_operator")
+
+
+def configure_logging(settings: OperatorSettings) -> None:
+    """JSON (default) or text logs on stderr, for kopf's loggers and ours alike."""
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(
+        debug=settings.log_level == "debug", verbose=settings.log_level == "debug", log_format=log_format
+    )
+    logging.getLogger().setLevel(settings.log_level.upper())
+    logging.getLogger("comfyui_operator").setLevel(settings.log_level.upper())
+
+
+def identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+async def run(settings: OperatorSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    try:
+        kube = Kube(load_api_client())
+    except config.ConfigException as exc:
+        logger.error("no Kubernetes credentials (in-cluster or KUBECONFIG): %s", exc)
+        return 2
+    metrics.start_metrics_server(settings.metrics_port)
+    lease_task: asyncio.Task[None] | None = None
+    elector: LeaderElector | None = None
+    if settings.leader_election:
+        namespace = settings.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+        elector = LeaderElector(
+            kube, namespace, settings.lease_name, identity(), settings.lease_duration_seconds
+        )
+        logger.info("waiting for the lease %s/%s", namespace, settings.lease_name)
+        async with standby_health(settings.liveness_port):
+            leading = await elector.wait_until_leader(stop)
+        if not leading:
+            return 0
+        lease_task = asyncio.create_task(elector.keep_leading(stop))
+
+    registry = kopf.OperatorRegistry()
+    reconciler = Reconciler(kube=kube, settings=settings, post_event=handlers.post_kopf_event)
+    handlers.register(registry, reconciler, settings)
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    logger.info(
+        "comfyui-operator %s starting (%s)",
+        __version__,
+        "cluster-wide" if settings.clusterwide else "namespaces " + ",".join(settings.namespaces),
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=handlers.kopf_settings(settings),
+            standalone=True,  # single-active is guaranteed by the Lease, not by kopf peering
+            clusterwide=settings.clusterwide,
+            namespaces=settings.namespaces,
+            liveness_endpoint=liveness,
+            stop_flag=stop,
+        )
+    finally:
+        logger.info("kopf stopped")
+        stop.set()
+        if lease_task is not None:
+            await lease_task
+        if elector is not None and not elector.lost:
+            await elector.release()
+    return 1 if elector is not None and elector.lost else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="comfyui-operator",
+        description="Kubernetes operator for ComfyUIInstance resources (settings: COMFYUI_OPERATOR_* env).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        print(f"comfyui-operator: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    # An insecure kubeconfig (tests, kind) would otherwise log this warning on every API call.
+    warnings.filterwarnings("once", category=urllib3.exceptions.InsecureRequestWarning)
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""All Kubernetes API I/O of the operator (except what kopf does itself): a thin JSON-over-HTTP layer on the
+official client's connection handling (kubeconfig, in-cluster token, TLS). Calls are synchronous and run in a
+thread (`asyncio.to_thread`) so the event loop never blocks. Objects are plain camelCase dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes import client, config
+
+from comfyui_operator import api
+
+FIELD_MANAGER = "comfyui-operator"
+REQUEST_TIMEOUT_SECONDS = 30
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 for connection errors)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where objects of one kind live in the REST API."""
+
+    prefix: str  # "/api/v1" or "/apis/<group>/<version>"
+    plural: str
+
+    def collection(self, namespace: str) -> str:
+        return f"{self.prefix}/namespaces/{quote(namespace)}/{self.plural}"
+
+    def path(self, namespace: str, name: str) -> str:
+        return f"{self.collection(namespace)}/{quote(name)}"
+
+
+KINDS: dict[str, Kind] = {
+    "ConfigMap": Kind("/api/v1", "configmaps"),
+    "Service": Kind("/api/v1", "services"),
+    "Pod": Kind("/api/v1", "pods"),
+    "Event": Kind("/api/v1", "events"),
+    "PersistentVolumeClaim": Kind("/api/v1", "persistentvolumeclaims"),
+    "Deployment": Kind("/apis/apps/v1", "deployments"),
+    "PodDisruptionBudget": Kind("/apis/policy/v1", "poddisruptionbudgets"),
+    "Lease": Kind("/apis/coordination.k8s.io/v1", "leases"),
+    api.KIND: Kind(f"/apis/{api.API_VERSION}", api.PLURAL),
+}
+
+
+def load_api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class Kube:
+    """The operator's API calls. Every method is async and returns plain dicts."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._client = api_client
+
+    def _request_sync(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any] | None:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        method, url, headers, data, post = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()) or None,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._client.call_api(
+                method,
+                url,
+                header_params=headers,
+                body=data,
+                post_params=post,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except client.ApiException as exc:
+            raise KubeError(exc.status or 0, str(exc.reason)) from exc
+        raw = response.read()  # type: ignore[no-untyped-call]
+        if response.status == 404:
+            return None
+        if response.status >= 300:
+            raise KubeError(response.status, _error_message(raw))
+        return json.loads(raw) if raw else {}
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self._request_sync, method, path, query, body, content_type)
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        return await self._request("GET", KINDS[kind].path(namespace, name))
+
+    async def list(
+        self, kind: str, namespace: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"limit": "500"}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        result = await self._request("GET", KINDS[kind].collection(namespace), query)
+        return list((result or {}).get("items") or [])
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager, forcing ownership of the fields it sets."""
+        meta = obj["metadata"]
+        path = KINDS[obj["kind"]].path(meta["namespace"], meta["name"])
+        query = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        result = await self._request("PATCH", path, query, dict(obj), "application/apply-patch+yaml")
+        return result or {}
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete the object; False when it did not exist."""
+        return await self._request("DELETE", KINDS[kind].path(namespace, name)) is not None
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the instance's status subresource."""
+        path = KINDS[api.KIND].path(namespace, name) + "/status"
+        await self._request("PATCH", path, None, {"status": dict(status)}, "application/merge-patch+json")
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        result = await self._request(
+            "POST", KINDS[obj["kind"]].collection(meta["namespace"]), None, dict(obj)
+        )
+        return result or {}
+
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the object's resourceVersion (optimistic concurrency; a conflict raises KubeError 409)."""
+        meta = obj["metadata"]
+        result = await self._request(
+            "PUT", KINDS[obj["kind"]].path(meta["namespace"], meta["name"]), None, dict(obj)
+        )
+        return result or {}
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:500]
+    return str(body.get("message") or body)[:500] if isinstance(body, dict) else str(body)[:500]

@@ -1,0 +1,97 @@
+"""The operator's least-privilege RBAC, as data. The chart's templates must grant exactly these rules.
+
+`WORKLOAD_RULES` go into a ClusterRole (cluster-wide mode) or a Role in each watched namespace.
+`LEADER_ELECTION_RULES` go into a Role in the operator's own namespace.
+
+No wildcards. No Secret access at all: a missing Secret reference is seen on the pods
+(CreateContainerConfigError) and reported as a `MissingReference` condition. No delete verbs except for the
+PodDisruptionBudget, which is removed when an instance scales down to one replica; everything else is
+garbage-collected through ownerReferences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from comfyui_operator import api
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One RBAC rule plus why the operator needs it."""
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+
+
+WORKLOAD_RULES: tuple[PolicyRule, ...] = (
+    PolicyRule(
+        (api.GROUP,),
+        (api.PLURAL,),
+        ("get", "list", "watch", "patch"),
+        "watch instances; kopf patches its finalizer and progress annotations",
+    ),
+    PolicyRule(
+        (api.GROUP,), (f"{api.PLURAL}/status",), ("get", "patch"), "write status (only when it changed)"
+    ),
+    PolicyRule(
+        ("apps",),
+        ("deployments",),
+        ("get", "list", "watch", "create", "patch"),
+        "server-side apply the Deployment; watch it to refresh status",
+    ),
+    PolicyRule(("",), ("services",), ("get", "create", "patch"), "server-side apply the Service"),
+    PolicyRule(
+        ("",),
+        ("configmaps",),
+        ("get", "create", "patch"),
+        "server-side apply the generated ConfigMap; check that a referenced warmup ConfigMap exists",
+    ),
+    PolicyRule(
+        ("policy",),
+        ("poddisruptionbudgets",),
+        ("get", "create", "patch", "delete"),
+        "server-side apply the PodDisruptionBudget; delete it when replicas drop to 1 or less",
+    ),
+    PolicyRule(
+        ("",), ("persistentvolumeclaims",), ("get",), "check that referenced model/custom-node PVCs exist"
+    ),
+    PolicyRule(
+        ("",), ("pods",), ("get", "list", "watch"), "derive status (unschedulable, image pull, crash loops)"
+    ),
+    PolicyRule(
+        ("",),
+        ("events",),
+        ("list", "create", "patch"),
+        "post Events on instances; read pod warnings such as FailedMount",
+    ),
+)
+
+LEADER_ELECTION_RULES: tuple[PolicyRule, ...] = (
+    PolicyRule(
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("get", "create", "update"),
+        "hold the leader-election Lease so two operator replicas never act at once",
+    ),
+)
+
+
+def workload_rules() -> list[dict[str, Any]]:
+    """The rules of the operator's ClusterRole (or of each per-namespace Role)."""
+    return [rule.as_manifest() for rule in WORKLOAD_RULES]
+
+
+def leader_election_rules() -> list[dict[str, Any]]:
+    """The rules of the Role in the operator's own namespace."""
+    return [rule.as_manifest() for rule in LEADER_ELECTION_RULES]

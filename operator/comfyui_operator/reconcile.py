@@ -1,0 +1,329 @@
+"""Reconciliation of one ComfyUIInstance: validate, check references, server-side apply the owned objects,
+derive and (only when it changed) write status, post Events on transitions.
+
+The kopf handlers in `comfyui_operator.handlers` only call into this module. API calls go through `Kube`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from comfyui_operator import api, builders, metrics, status
+from comfyui_operator.kube import Kube, KubeError
+from comfyui_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+# (body of the instance, "Normal" | "Warning", reason, message)
+EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An object the spec refers to but the operator does not own."""
+
+    kind: str
+    name: str
+    key: str | None = None
+    field: str = ""
+
+
+def references(spec: api.ComfyUIInstanceSpec) -> list[Reference]:
+    """Referenced PVCs and ConfigMaps (Secrets are never read; a missing one shows on the pods)."""
+    refs: list[Reference] = []
+    if spec.models is not None:
+        if spec.models.claim_name:
+            refs.append(
+                Reference("PersistentVolumeClaim", spec.models.claim_name, field="spec.models.claimName")
+            )
+        elif spec.models.library_ref is not None:
+            refs.append(
+                Reference(
+                    "PersistentVolumeClaim", spec.models.library_ref.name, field="spec.models.libraryRef"
+                )
+            )
+    if spec.custom_nodes is not None:
+        refs.append(
+            Reference("PersistentVolumeClaim", spec.custom_nodes.claim_name, field="spec.customNodes")
+        )
+    if spec.warmup is not None and spec.warmup.config_map_ref is not None:
+        ref = spec.warmup.config_map_ref
+        refs.append(Reference("ConfigMap", ref.name, ref.key, field="spec.warmup.configMapRef"))
+    return refs
+
+
+def reference_problem(ref: Reference, found: Mapping[str, Any] | None) -> status.Problem | None:
+    """The problem with one reference given the object found (None when it is missing), or None if fine."""
+    if found is None:
+        return status.Problem(status.MISSING_REFERENCE, f'{ref.kind} "{ref.name}" ({ref.field}) not found')
+    if ref.key is not None and ref.key not in (found.get("data") or {}):
+        return status.Problem(
+            status.MISSING_REFERENCE, f'ConfigMap "{ref.name}" has no key "{ref.key}" ({ref.field})'
+        )
+    return None
+
+
+def validation_message(exc: Exception) -> str:
+    """A short, clear message for an invalid spec (pydantic locations use the camelCase field names)."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for error in exc.errors()[:3]:
+            location = ".".join(str(part) for part in ("spec", *error["loc"]))
+            parts.append(f"{location}: {error['msg'].removeprefix('Value error, ')}")
+        more = exc.error_count() - 3
+        return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    return str(exc)
+
+
+# The API server refused the object itself (invalid, too large...): report it, retry with backoff.
+REFUSED_STATUSES = frozenset({400, 404, 409, 413, 415, 422})
+# The operator can not work at all: no connection, bad credentials, missing permissions.
+CRITICAL_STATUSES = frozenset({0, 401, 403})
+RETRIED_REASONS = frozenset({status.MISSING_REFERENCE, status.APPLY_FAILED})
+
+
+def result_label(problems: list[status.Problem]) -> str:
+    """The `result` label of comfyui_operator_reconcile_total for a finished reconciliation."""
+    reasons = {problem.reason for problem in problems}
+    if status.APPLY_FAILED in reasons:
+        return "apply_failed"
+    return "missing_reference" if reasons else "success"
+
+
+def instance_ref(body: Mapping[str, Any]) -> builders.InstanceRef:
+    meta = body["metadata"]
+    return builders.InstanceRef(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        uid=meta["uid"],
+        generation=int(meta.get("generation") or 1),
+    )
+
+
+def retry_delay(retry: int, settings: OperatorSettings) -> int:
+    """Exponential backoff: base, 2*base, 4*base... capped."""
+    return int(min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** min(retry, 16)))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def transition_events(
+    previous: Mapping[str, Any] | None, new: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """Events to post for a status change: (type, reason, message). Pure."""
+
+    def find(conds: Any, kind: str) -> Mapping[str, Any]:
+        for cond in conds or []:
+            if cond.get("type") == kind:
+                return dict(cond)
+        return {}
+
+    old_conditions = (previous or {}).get("conditions")
+    events: list[tuple[str, str, str]] = []
+    old_degraded = find(old_conditions, status.DEGRADED)
+    new_degraded = find(new.get("conditions"), status.DEGRADED)
+    if new_degraded.get("status") == "True" and (
+        old_degraded.get("status") != "True" or old_degraded.get("reason") != new_degraded.get("reason")
+    ):
+        events.append(("Warning", str(new_degraded["reason"]), str(new_degraded.get("message", ""))))
+    old_ready = find(old_conditions, status.READY)
+    new_ready = find(new.get("conditions"), status.READY)
+    if new_ready.get("status") == "True" and old_ready.get("status") != "True":
+        events.append(("Normal", "Ready", str(new_ready.get("message", ""))))
+    return events
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    settings: OperatorSettings
+    post_event: EventPoster
+    tracker: metrics.InstanceTracker = field(default_factory=metrics.InstanceTracker)
+    clock: Callable[[], str] = _now
+    _problems: dict[Key, list[status.Problem]] = field(default_factory=dict)
+    _generations: dict[Key, int] = field(default_factory=dict)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> list[status.Problem]:
+        """Converge the owned objects to the spec and refresh status. Returns the problems found."""
+        instance = instance_ref(body)
+        key = (instance.namespace, instance.name)
+        with metrics.timed_reconcile():
+            try:
+                api.check_instance_name(instance.name)
+                spec = api.parse_spec(dict(body.get("spec") or {}))
+            except (ValidationError, ValueError) as exc:
+                problems = [status.Problem(status.INVALID_SPEC, validation_message(exc))]
+                self._remember(key, instance.generation, problems)
+                await self.refresh(body, None)
+                metrics.record_result("invalid_spec")
+                return problems
+            try:
+                problems = await self._check_references(instance.namespace, spec)
+                problems += await self._apply_all(instance, spec)
+                self._remember(key, instance.generation, problems)
+                await self.refresh(body, spec)
+            except KubeError as exc:
+                metrics.record_result("error", critical=exc.status in CRITICAL_STATUSES)
+                raise
+            except Exception:
+                metrics.record_result("error")
+                raise
+        metrics.record_result(result_label(problems))
+        return problems
+
+    async def _apply_all(
+        self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec
+    ) -> list[status.Problem]:
+        """Apply every owned object. An object the API server refuses (4xx) becomes an ApplyFailed problem."""
+        for obj in builders.build_all(instance, spec, self.settings):
+            try:
+                await self.kube.apply(obj)
+            except KubeError as exc:
+                if exc.status in REFUSED_STATUSES:
+                    name = f"{obj['kind']} {obj['metadata']['name']}"
+                    return [status.Problem(status.APPLY_FAILED, f"{name} was refused: {exc.message}")]
+                raise
+        if not builders.wants_pdb(spec):
+            await self._delete_owned_pdb(instance)
+        return []
+
+    def _remember(self, key: Key, generation: int, problems: list[status.Problem]) -> None:
+        self._problems[key] = problems
+        self._generations[key] = generation
+
+    async def _check_references(self, namespace: str, spec: api.ComfyUIInstanceSpec) -> list[status.Problem]:
+        problems = []
+        for ref in references(spec):
+            found = await self.kube.get(ref.kind, namespace, ref.name)
+            problem = reference_problem(ref, found)
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    async def _delete_owned_pdb(self, instance: builders.InstanceRef) -> None:
+        pdb = await self.kube.get("PodDisruptionBudget", instance.namespace, instance.name)
+        owners = (pdb or {}).get("metadata", {}).get("ownerReferences") or []
+        if any(owner.get("uid") == instance.uid for owner in owners):
+            await self.kube.delete("PodDisruptionBudget", instance.namespace, instance.name)
+
+    async def refresh(self, body: Mapping[str, Any], spec: api.ComfyUIInstanceSpec | None) -> dict[str, Any]:
+        """Observe the owned Deployment and pods, derive status, write it only when it changed."""
+        instance = instance_ref(body)
+        key = (instance.namespace, instance.name)
+        deployment = await self.kube.get("Deployment", instance.namespace, instance.name)
+        pods = await self.kube.list(
+            "Pod", instance.namespace, label_selector=builders.selector_string(instance)
+        )
+        pending = {
+            pod["metadata"]["name"] for pod in pods if (pod.get("status") or {}).get("phase") == "Pending"
+        }
+        events: list[dict[str, Any]] = []
+        if pending:
+            warnings = await self.kube.list(
+                "Event", instance.namespace, field_selector="type=Warning,involvedObject.kind=Pod"
+            )
+            events = [
+                event for event in warnings if (event.get("involvedObject") or {}).get("name") in pending
+            ]
+        desired = spec.replicas if spec is not None else _raw_replicas(body)
+        observed = status.Observed(
+            generation=self._generations.get(key, instance.generation),
+            desired_replicas=desired,
+            deployment=deployment,
+            pods=pods,
+            events=events,
+            problems=self._problems.get(key, []),
+            selector=builders.selector_string(instance),
+            endpoint=builders.endpoint(instance, spec, self.settings) if spec is not None else None,
+        )
+        previous = dict(body.get("status") or {})
+        new = status.derive_status(observed, previous, self.clock(), _images(deployment))
+        if status.status_changed(previous, new):
+            await self.kube.patch_status(instance.namespace, instance.name, new)
+            metrics.STATUS_WRITES_TOTAL.inc()
+            for event_type, reason, message in transition_events(previous, new):
+                self.post_event(body, event_type, reason, message)
+        self.tracker.set(f"{instance.namespace}/{instance.name}", status.ready_state(new))
+        return new
+
+    async def refresh_by_name(self, namespace: str, name: str) -> None:
+        """Refresh after a change of an owned object (no apply; uses the problems of the last reconcile)."""
+        body = await self.kube.get(api.KIND, namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return
+        try:
+            spec: api.ComfyUIInstanceSpec | None = api.parse_spec(dict(body.get("spec") or {}))
+        except ValidationError:
+            spec = None
+        await self.refresh(body, spec)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._problems.pop((namespace, name), None)
+        self._generations.pop((namespace, name), None)
+        self.tracker.forget(f"{namespace}/{name}")
+
+
+def _raw_replicas(body: Mapping[str, Any]) -> int:
+    """spec.replicas of a spec that did not parse (0 when it is not a usable number either)."""
+    value = (body.get("spec") or {}).get("replicas")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _images(deployment: Mapping[str, Any] | None) -> dict[str, str]:
+    pod = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = (pod.get("initContainers") or []) + (pod.get("containers") or [])
+    images = {}
+    for container in containers:
+        if container.get("name") == "comfyui":
+            images["comfyuiImage"] = str(container.get("image"))
+        elif container.get("name") == "sidecar":
+            images["sidecarImage"] = str(container.get("image"))
+    return images
+
+
+class Debouncer:
+    """Coalesces bursts of watch events into one refresh per instance (at most one pending task each)."""
+
+    def __init__(self, action: Callable[[str, str], Any], delay_seconds: float = 1.0) -> None:
+        self._action = action
+        self._delay = delay_seconds
+        self._pending: dict[Key, asyncio.Task[None]] = {}
+
+    def schedule(self, namespace: str, name: str) -> bool:
+        """Schedule a refresh; False when one is already pending for this instance."""
+        key = (namespace, name)
+        if key in self._pending:
+            return False
+        self._pending[key] = asyncio.create_task(self._run(key))
+        return True
+
+    async def _run(self, key: Key) -> None:
+        try:
+            await asyncio.sleep(self._delay)
+        finally:
+            self._pending.pop(key, None)
+        try:
+            await self._action(*key)
+        except Exception:
+            logger.exception("status refresh of %s/%s failed", *key)
+
+    async def close(self) -> None:
+        tasks = list(self._pending.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)

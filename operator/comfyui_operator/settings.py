@@ -1,0 +1,87 @@
+"""Operator settings: one pydantic-settings model read from COMFYUI_OPERATOR_* environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from comfyui_operator import __version__
+
+DEFAULT_COMFYUI_IMAGE = "ghcr.io/saladtechnologies/comfyui-api:comfy0.19.3-torch2.8.0-cuda12.8-runtime"
+DEFAULT_SIDECAR_IMAGE = f"ghcr.io/comfyui-operator/sidecar:{__version__}"
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the operator process is configured with. Example: COMFYUI_OPERATOR_NAMESPACES=ai,batch."""
+
+    model_config = SettingsConfigDict(env_prefix="COMFYUI_OPERATOR_", extra="ignore", frozen=True)
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to watch, comma separated; empty means cluster-wide.",
+    )
+    sidecar_image: str = Field(
+        default=DEFAULT_SIDECAR_IMAGE, min_length=1, description="Default sidecar image."
+    )
+    comfyui_image: str = Field(
+        default=DEFAULT_COMFYUI_IMAGE, min_length=1, description="Default ComfyUI image."
+    )
+    comfyui_command: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["python", "main.py"],
+        description="Default ComfyUI entrypoint, space separated (run in comfyui_workdir).",
+    )
+    comfyui_workdir: str = Field(
+        default="/opt/ComfyUI", pattern=r"^/", description="Default ComfyUI directory."
+    )
+    cluster_domain: str = Field(
+        default="cluster.local", description="Cluster DNS domain (for status.endpoint)."
+    )
+    log_format: Literal["json", "text"] = Field(default="json", description="Log format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    metrics_port: int = Field(default=8080, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
+    liveness_port: int = Field(default=8081, ge=0, le=65535, description="Liveness /healthz port; 0 = off.")
+    leader_election: bool = Field(
+        default=True, description="Run only while holding the Lease (for >1 replica)."
+    )
+    lease_name: str = Field(default="comfyui-operator", description="Name of the leader-election Lease.")
+    lease_namespace: str | None = Field(
+        default=None, description="Namespace of the Lease; default: POD_NAMESPACE, else 'default'."
+    )
+    lease_duration_seconds: int = Field(default=15, ge=5, le=300, description="Lease validity.")
+    status_refresh_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="Periodic status refresh of every instance (besides watch events).",
+    )
+    retry_base_seconds: int = Field(default=10, ge=1, le=600, description="First retry delay after an error.")
+    retry_max_seconds: int = Field(
+        default=300, ge=1, le=3600, description="Longest retry delay (backoff cap)."
+    )
+
+    @field_validator("namespaces", "comfyui_command", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            separator = "," if "," in value else None
+            return [part.strip() for part in value.split(separator) if part.strip()]
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.replace("-", "a").isalnum() or not name.islower() or len(name) > 63:
+                raise ValueError(f"{name!r} is not a namespace name")
+        return value
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def load_settings() -> OperatorSettings:
+    """Read the settings from the environment (raises pydantic.ValidationError with a clear message)."""
+    return OperatorSettings()

@@ -1,0 +1,61 @@
+"""Helpers shared by the operator's unit tests (no cluster, no server)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from comfyui_operator import api, builders
+from comfyui_operator.settings import OperatorSettings
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO / "examples"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def fixed_settings(**overrides: Any) -> OperatorSettings:
+    """Settings independent of the environment the tests run in."""
+    values: dict[str, Any] = {
+        "namespaces": [],
+        "sidecar_image": "ghcr.io/comfyui-operator/sidecar:0.1.0",
+        "comfyui_image": "ghcr.io/saladtechnologies/comfyui-api:comfy0.19.3-torch2.8.0-cuda12.8-runtime",
+        "comfyui_command": ["python", "main.py"],
+        "comfyui_workdir": "/opt/ComfyUI",
+        "cluster_domain": "cluster.local",
+    }
+    values.update(overrides)
+    return OperatorSettings(**values)
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def instance_of(
+    doc: dict[str, Any], uid: str = "00000000-0000-0000-0000-000000000001"
+) -> builders.InstanceRef:
+    meta = doc["metadata"]
+    return builders.InstanceRef(name=meta["name"], namespace=meta.get("namespace", "default"), uid=uid)
+
+
+def spec_of(doc: dict[str, Any]) -> api.ComfyUIInstanceSpec:
+    return api.parse_spec(doc.get("spec") or {})
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """Multi-line strings (config files in ConfigMaps) as literal blocks, so golden diffs are readable."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReadableDumper.add_representer(str, _str)
+
+
+def dump_all(objects: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False, width=120)

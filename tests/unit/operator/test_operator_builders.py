@@ -1,0 +1,307 @@
+"""Builders: golden files for every example, plus targeted properties.
+
+After an intended change, regenerate the golden files:
+    UPDATE_GOLDEN=1 python3 -m pytest tests/unit/operator
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from comfyui_operator import api, builders
+from operator_testlib import (
+    EXAMPLES,
+    GOLDEN,
+    UPDATE_GOLDEN,
+    dump_all,
+    fixed_settings,
+    instance_of,
+    load_docs,
+    spec_of,
+)
+
+EXAMPLE_DOCS = [(path.name, doc) for path in sorted(EXAMPLES.glob("*.yaml")) for doc in load_docs(path)]
+
+
+def _build(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return builders.build_all(instance_of(doc), spec_of(doc), fixed_settings())
+
+
+def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    pod = deployment["spec"]["template"]["spec"]
+    return next(c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == name)
+
+
+def _deployment(doc: dict[str, Any]) -> dict[str, Any]:
+    return builders.build_deployment(instance_of(doc), spec_of(doc), fixed_settings())
+
+
+def _minimal(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "demo", "namespace": "ns"}, "spec": spec}
+
+
+def test_examples_are_there() -> None:
+    names = {name for name, _ in EXAMPLE_DOCS}
+    assert {"instance.yaml", "multi-instance.yaml", "standin-instance.yaml"} <= names
+    assert len(EXAMPLE_DOCS) >= 5
+
+
+@pytest.mark.parametrize(
+    ("file_name", "doc"), EXAMPLE_DOCS, ids=[f"{n}:{d['metadata']['name']}" for n, d in EXAMPLE_DOCS]
+)
+def test_golden(file_name: str, doc: dict[str, Any]) -> None:
+    rendered = dump_all(_build(doc))
+    golden = GOLDEN / f"{file_name.removesuffix('.yaml')}--{doc['metadata']['name']}.yaml"
+    if UPDATE_GOLDEN or not golden.exists():
+        golden.write_text(rendered)
+        if not UPDATE_GOLDEN:
+            pytest.fail(f"{golden.name} did not exist; written now, check it in")
+    assert rendered == golden.read_text(), f"{golden.name} differs; UPDATE_GOLDEN=1 regenerates it"
+
+
+@pytest.mark.parametrize(
+    ("file_name", "doc"), EXAMPLE_DOCS, ids=[f"{n}:{d['metadata']['name']}" for n, d in EXAMPLE_DOCS]
+)
+def test_manifests_valid_for_kubernetes(file_name: str, doc: dict[str, Any]) -> None:
+    for obj in _build(doc):
+        kubernetes_validate.validate(obj, "1.34.0", strict=True)
+
+
+def test_comfyui_listens_on_loopback_and_operator_flags_win() -> None:
+    doc = _minimal(comfyui={"args": ["--normalvram"]})
+    args = _container(_deployment(doc), "comfyui")["args"]
+    assert args[0] == "--normalvram"
+    assert args[args.index("--listen") + 1] == "127.0.0.1"
+    assert args[args.index("--port") + 1] == "8188"
+    assert (
+        args[args.index("--extra-model-paths-config") + 1] == "/etc/comfyui-operator/extra_model_paths.yaml"
+    )
+    assert "ports" not in _container(_deployment(doc), "comfyui")
+
+
+def test_service_exposes_only_the_sidecar() -> None:
+    doc = _minimal(service={"type": "LoadBalancer", "port": 80, "annotations": {"a": "b"}})
+    service = builders.build_service(instance_of(doc), spec_of(doc))
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    sidecar = _container(_deployment(doc), "sidecar")
+    assert sidecar["ports"] == [{"name": "http", "containerPort": 3000, "protocol": "TCP"}]
+    assert service["metadata"]["annotations"] == {"a": "b"}
+
+
+def test_security_context_is_locked_down() -> None:
+    deployment = _deployment(_minimal())
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["initContainers"] + pod["containers"]:
+        context = container["securityContext"]
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+
+
+def test_read_only_root_can_be_turned_off_for_comfyui_only() -> None:
+    deployment = _deployment(_minimal(comfyui={"readOnlyRootFilesystem": False}))
+    assert _container(deployment, "comfyui")["securityContext"]["readOnlyRootFilesystem"] is False
+    assert _container(deployment, "sidecar")["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_gpu_goes_to_requests_and_limits() -> None:
+    doc = _minimal(
+        comfyui={
+            "gpu": {"count": 2, "resourceName": "amd.com/gpu"},
+            "resources": {"limits": {"memory": "8Gi"}},
+        }
+    )
+    resources = _container(_deployment(doc), "comfyui")["resources"]
+    assert resources["limits"] == {"amd.com/gpu": 2, "memory": "8Gi"}
+    assert resources["requests"] == {"amd.com/gpu": 2}
+    no_gpu = _container(_deployment(_minimal(comfyui={"gpu": {"count": 0}})), "comfyui")["resources"]
+    assert no_gpu == {}
+
+
+def test_models_read_only_and_cache_writable_only_for_the_sidecar() -> None:
+    deployment = _deployment(_minimal(models={"claimName": "shared", "subPath": "sd"}))
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "shared", "readOnly": True}
+    for name, cache_read_only in (("comfyui", True), ("sidecar", False)):
+        mounts = {m["name"]: m for m in _container(deployment, name)["volumeMounts"]}
+        assert mounts["models"] == {
+            "name": "models",
+            "mountPath": "/models",
+            "readOnly": True,
+            "subPath": "sd",
+        }
+        assert mounts["cache"]["readOnly"] is cache_read_only
+
+
+def test_cache_size_limit_and_budget() -> None:
+    deployment = _deployment(_minimal(cache={"sizeLimit": "100Gi", "medium": "Memory"}))
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["cache"]["emptyDir"] == {"sizeLimit": "100Gi", "medium": "Memory"}
+    env = {e["name"]: e.get("value") for e in _container(deployment, "sidecar")["env"]}
+    assert env["CACHE_SIZE_LIMIT_BYTES"] == str(100 * 1024**3)
+    assert env["CACHE_DIR"] == "/cache"
+
+
+def test_secrets_only_by_reference() -> None:
+    doc = _minimal(
+        huggingFace={"tokenSecretRef": {"name": "hf"}}, webhook={"secretRef": {"name": "wh", "key": "secret"}}
+    )
+    env = {e["name"]: e for e in _container(_deployment(doc), "sidecar")["env"]}
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
+    }
+    assert env["WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "wh", "key": "secret"}
+    assert "value" not in env["HF_TOKEN"]
+
+
+def test_sidecar_env_names_exist_in_sidecar_settings() -> None:
+    sidecar_settings = pytest.importorskip("comfyui_sidecar.settings")
+    cache_settings = pytest.importorskip("comfyui_sidecar.cache.settings")
+    known = {name.upper() for name in sidecar_settings.Settings.model_fields}
+    known |= {name.upper() for name in cache_settings.CacheSettings.model_fields}
+    known |= {"HOME"}
+    doc = _minimal(
+        models={"claimName": "m"},
+        warmup={"prompt": {"1": {}}},
+        huggingFace={"tokenSecretRef": {"name": "hf"}},
+        webhook={"secretRef": {"name": "wh"}},
+    )
+    names = {e["name"] for e in _container(_deployment(doc), "sidecar")["env"]}
+    assert names - known == set()
+
+
+def test_warmup_from_config_map_is_mounted() -> None:
+    doc = _minimal(warmup={"configMapRef": {"name": "wu", "key": "flow.json"}})
+    deployment = _deployment(doc)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["warmup"]["configMap"] == {
+        "name": "wu",
+        "items": [{"key": "flow.json", "path": "flow.json"}],
+    }
+    env = {e["name"]: e.get("value") for e in _container(deployment, "sidecar")["env"]}
+    assert env["WARMUP_PROMPT_FILE"] == "/etc/comfyui-warmup/flow.json"
+
+
+def test_inline_warmup_goes_into_config_map_and_rolls_pods() -> None:
+    first = _minimal(warmup={"prompt": {"1": {"class_type": "A"}}})
+    second = _minimal(warmup={"prompt": {"1": {"class_type": "B"}}})
+    config = builders.build_config_map(instance_of(first), spec_of(first))
+    assert '"class_type": "A"' in config["data"]["warmup.json"]
+    annotation = builders.CONFIG_HASH_ANNOTATION
+    hash_a = _deployment(first)["spec"]["template"]["metadata"]["annotations"][annotation]
+    hash_b = _deployment(second)["spec"]["template"]["metadata"]["annotations"][annotation]
+    assert hash_a != hash_b
+    assert hash_a == _deployment(first)["spec"]["template"]["metadata"]["annotations"][annotation]
+
+
+def test_extra_model_paths_lists_shared_then_cache_roots() -> None:
+    text = builders.extra_model_paths(spec_of(_minimal(models={"claimName": "m"})))
+    import yaml
+
+    roots = yaml.safe_load(text)
+    assert list(roots) == ["shared_models", "cache_models"]
+    assert roots["shared_models"]["base_path"] == "/models"
+    assert roots["cache_models"]["base_path"] == "/cache/models"
+    assert roots["cache_models"]["checkpoints"] == "checkpoints/"
+    without = yaml.safe_load(builders.extra_model_paths(spec_of(_minimal())))
+    assert list(without) == ["cache_models"]
+
+
+def test_pdb_only_with_more_than_one_replica() -> None:
+    kinds_one = [o["kind"] for o in _build(_minimal(replicas=1))]
+    kinds_two = [o["kind"] for o in _build(_minimal(replicas=2))]
+    assert "PodDisruptionBudget" not in kinds_one
+    assert kinds_two == ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget"]
+
+
+def test_every_object_is_owned_and_labelled() -> None:
+    for obj in _build(_minimal(replicas=3)):
+        owner = obj["metadata"]["ownerReferences"][0]
+        assert owner["kind"] == api.KIND
+        assert owner["controller"] is True
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "comfyui-operator"
+
+
+def test_user_pod_labels_can_not_override_selector() -> None:
+    deployment = _deployment(_minimal(podLabels={"team": "ml"}))
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert template_labels["team"] == "ml"
+    for key, value in deployment["spec"]["selector"]["matchLabels"].items():
+        assert template_labels[key] == value
+
+
+def test_update_strategy_defaults_and_recreate() -> None:
+    assert _deployment(_minimal())["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert _deployment(_minimal(updateStrategy={"type": "Recreate"}))["spec"]["strategy"] == {
+        "type": "Recreate"
+    }
+
+
+def test_probes_point_at_the_sidecar_and_startup_budget() -> None:
+    sidecar = _container(_deployment(_minimal(sidecar={"startupTimeoutSeconds": 301})), "sidecar")
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert sidecar["startupProbe"]["periodSeconds"] * sidecar["startupProbe"]["failureThreshold"] >= 301
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_scheduling_fields_pass_through() -> None:
+    doc = _minimal(
+        nodeSelector={"gpu": "a100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        affinity={"nodeAffinity": {}},
+        topologySpreadConstraints=[
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        priorityClassName="high",
+        runtimeClassName="nvidia",
+    )
+    pod = _deployment(doc)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["affinity"] == {"nodeAffinity": {}}
+    assert pod["topologySpreadConstraints"][0]["labelSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "comfyui", "app.kubernetes.io/instance": "demo"}
+    }
+    assert (pod["priorityClassName"], pod["runtimeClassName"]) == ("high", "nvidia")
+
+
+def test_defaults_from_operator_settings() -> None:
+    settings = fixed_settings(comfyui_image="example/comfy:1", comfyui_command=["comfyui-standin"])
+    doc = _minimal()
+    deployment = builders.build_deployment(instance_of(doc), spec_of(doc), settings)
+    comfy = _container(deployment, "comfyui")
+    assert comfy["image"] == "example/comfy:1"
+    assert comfy["command"] == ["comfyui-standin"]
+    assert comfy["workingDir"] == "/opt/ComfyUI"
+
+
+def test_endpoint_and_selector() -> None:
+    doc = _minimal(service={"port": 8080})
+    assert (
+        builders.endpoint(instance_of(doc), spec_of(doc), fixed_settings())
+        == "http://demo.ns.svc.cluster.local:8080"
+    )
+    assert (
+        builders.selector_string(instance_of(doc))
+        == "app.kubernetes.io/name=comfyui,app.kubernetes.io/instance=demo"
+    )
+
+
+def test_comfyui_outlives_the_api_container() -> None:
+    pod = _deployment(_minimal())["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["comfyui"]
+    assert pod["initContainers"][0]["restartPolicy"] == "Always"
+    assert [c["name"] for c in pod["containers"]] == ["sidecar"]
+    deployment = _deployment(_minimal(sidecar={"startupTimeoutSeconds": 900}))
+    assert deployment["spec"]["progressDeadlineSeconds"] == 1500

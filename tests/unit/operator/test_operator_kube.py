@@ -1,0 +1,101 @@
+"""`Kube` over real HTTP on 127.0.0.1: the requests it sends (paths, verbs, content types, query) and how it
+reads answers. The server here only records requests and replays canned answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from comfyui_operator.kube import FIELD_MANAGER, Kube, KubeError
+from kubernetes import client
+
+Recorded = list[dict[str, Any]]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[Kube, Recorded, dict[str, tuple[int, Any]]]]:
+    recorded: Recorded = []
+    answers: dict[str, tuple[int, Any]] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.text()
+        recorded.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "content_type": request.headers.get("Content-Type"),
+                "body": json.loads(body) if body else None,
+            }
+        )
+        status, payload = answers.get(f"{request.method} {request.path}", (200, {"kind": "Ok"}))
+        return web.json_response(payload, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
+    kube = Kube(client.ApiClient(configuration))
+    try:
+        yield kube, recorded, answers
+    finally:
+        await runner.cleanup()
+
+
+async def test_apply_is_server_side_apply(server: tuple[Kube, Recorded, dict[str, Any]]) -> None:
+    kube, recorded, _ = server
+    obj = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "demo", "namespace": "ns"}}
+    await kube.apply(obj)
+    request = recorded[-1]
+    assert request["method"] == "PATCH"
+    assert request["path"] == "/apis/apps/v1/namespaces/ns/deployments/demo"
+    assert request["content_type"] == "application/apply-patch+yaml"
+    assert request["query"] == {"fieldManager": FIELD_MANAGER, "force": "true"}
+    assert request["body"] == obj
+
+
+async def test_get_missing_is_none_and_errors_raise(server: tuple[Kube, Recorded, dict[str, Any]]) -> None:
+    kube, _, answers = server
+    answers["GET /api/v1/namespaces/ns/persistentvolumeclaims/models"] = (404, {"kind": "Status"})
+    assert await kube.get("PersistentVolumeClaim", "ns", "models") is None
+    answers["GET /api/v1/namespaces/ns/configmaps/cm"] = (403, {"message": "configmaps is forbidden"})
+    with pytest.raises(KubeError) as info:
+        await kube.get("ConfigMap", "ns", "cm")
+    assert info.value.status == 403
+    assert "forbidden" in info.value.message
+
+
+async def test_list_and_status_patch(server: tuple[Kube, Recorded, dict[str, Any]]) -> None:
+    kube, recorded, answers = server
+    answers["GET /api/v1/namespaces/ns/pods"] = (200, {"items": [{"metadata": {"name": "p"}}]})
+    pods = await kube.list("Pod", "ns", label_selector="a=b")
+    assert pods == [{"metadata": {"name": "p"}}]
+    assert recorded[-1]["query"] == {"limit": "500", "labelSelector": "a=b"}
+    await kube.patch_status("ns", "demo", {"replicas": 1})
+    request = recorded[-1]
+    assert request["path"] == "/apis/comfyui.operator.dev/v1alpha1/namespaces/ns/comfyuiinstances/demo/status"
+    assert request["content_type"] == "application/merge-patch+json"
+    assert request["body"] == {"status": {"replicas": 1}}
+
+
+async def test_delete_and_create(server: tuple[Kube, Recorded, dict[str, Any]]) -> None:
+    kube, recorded, answers = server
+    answers["DELETE /apis/policy/v1/namespaces/ns/poddisruptionbudgets/gone"] = (404, {})
+    assert await kube.delete("PodDisruptionBudget", "ns", "gone") is False
+    assert await kube.delete("PodDisruptionBudget", "ns", "there") is True
+    lease = {"kind": "Lease", "metadata": {"name": "l", "namespace": "ns"}}
+    await kube.create(lease)
+    assert (recorded[-1]["method"], recorded[-1]["path"]) == (
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/ns/leases",
+    )
+    answers["PUT /apis/coordination.k8s.io/v1/namespaces/ns/leases/l"] = (409, {"message": "conflict"})
+    with pytest.raises(KubeError):
+        await kube.replace(lease)

@@ -1,17 +1,17 @@
 """The seam between prompt rewriting (pure) and downloading (I/O).
 
-`rewrite` turns a request's prompt into a rewritten prompt plus a list of `Fetch` items: URL values that must be
-downloaded before the prompt can run. A `Fetcher` (the cache, `comfyui_sidecar.cache`) resolves them into the value
-the prompt should carry instead, and keeps the files pinned (not evictable) while the prompt runs.
-`apply_fetched` writes those values back into the prompt. Rewriting and applying are pure; only the fetcher does I/O.
+`rewrite` turns a request's prompt into a rewritten prompt plus a list of `Fetch` items: URL values that
+must be downloaded before the prompt can run. A `Fetcher` (the cache, `comfyui_sidecar.cache`) resolves
+them into the value the prompt should carry instead, and keeps the files pinned (not evictable) while the
+prompt runs. `apply_fetched` writes those values back into the prompt. Rewriting and applying are pure;
+only the fetcher does I/O.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 

@@ -1,0 +1,102 @@
+"""`comfyui-sidecar`: run the sidecar. Configuration comes from environment variables (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from comfyui_sidecar.app import STATE_KEY, STOP_KEY, create_app, drain
+from comfyui_sidecar.settings import Settings
+
+log = logging.getLogger("comfyui_sidecar")
+
+_LEVELS = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "fatal": "CRITICAL",
+}
+
+
+def settings_help() -> str:
+    """One entry per setting: ENV_NAME (default) and its description."""
+    lines = ["environment variables:"]
+    for name, info in Settings.model_fields.items():
+        default = _show(info.default) if info.default_factory is None else "(see description)"
+        lines.append(f"  {name.upper()}  default: {default}")
+        lines.append(f"      {info.description or ''}")
+    return "\n".join(lines)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="comfyui-sidecar",
+        description="A comfyui-api compatible HTTP server in front of ComfyUI. All settings are environment "
+        "variables.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (or a fatal ComfyUI failure), drain prompts, return the exit code."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info(
+        "listening on %s:%d (mode %s, ComfyUI %s)",
+        settings.host,
+        settings.port,
+        settings.sidecar_mode,
+        settings.comfy_url,
+    )
+    stop = app[STOP_KEY]
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    state = app[STATE_KEY]
+    log.info("stopping: draining in-flight prompts (grace %.0f s)", settings.shutdown_grace_period_s)
+    if not await drain(app, settings.shutdown_grace_period_s):
+        log.warning("grace period over with prompts still running")
+    await runner.cleanup()
+    return state.exit_code or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        for item in error.errors(include_url=False):
+            field = ".".join(str(part) for part in item["loc"]).upper()
+            print(f"comfyui-sidecar: invalid setting {field}: {item['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""The aiohttp application: routes, error shapes, wiring of ComfyUI client, fetcher, webhooks and lifecycle.
+
+Extension points for the cache (issue 3):
+- `build_fetcher(settings)` returns the Fetcher every prompt uses (`NoDownloads()` until the cache exists);
+- a fetcher may also offer `routes() -> list[web.RouteDef]` (e.g. POST /download) and `start()` / `close()`
+  coroutines; `create_app` registers / awaits them. Handlers reach it with `request.app[FETCHER_KEY]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from typing import Any, Protocol, runtime_checkable
+
+import aiohttp
+import yaml
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from comfyui_sidecar import jsonbody
+from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.fetching import Fetcher
+from comfyui_sidecar.lifecycle import Lifecycle, State
+from comfyui_sidecar.metrics import Metrics
+from comfyui_sidecar.models import VERSION, InterruptRequest, PromptRequest
+from comfyui_sidecar.openapi import build_openapi, docs_page
+from comfyui_sidecar.prompt_flow import PrepareError, PromptService, echo, is_async
+from comfyui_sidecar.settings import Settings
+from comfyui_sidecar.system_events import SystemEvents, metadata_from, parse_events
+from comfyui_sidecar.uploads import UploadError
+from comfyui_sidecar.webhooks import RetryPolicy, WebhookSender
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+FETCHER_KEY = web.AppKey("fetcher", Fetcher)
+SERVICE_KEY = web.AppKey("service", PromptService)
+COMFY_KEY = web.AppKey("comfy", ComfyClient)
+STATE_KEY = web.AppKey("state", State)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+LIFECYCLE_KEY = web.AppKey("lifecycle", Lifecycle)
+WEBHOOKS_KEY = web.AppKey("webhooks", WebhookSender)
+STOP_KEY = web.AppKey("stop", asyncio.Event)
+SYSTEM_EVENTS_KEY = web.AppKey("system_events", SystemEvents)
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ServesRoutes(Protocol):
+    def routes(self) -> Sequence[web.AbstractRouteDef]: ...
+
+
+@runtime_checkable
+class HasLifecycle(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def build_fetcher(settings: Settings) -> Fetcher:
+    """The fetcher for URL inputs and models: the model and media cache (docs/cache.md)."""
+    from comfyui_sidecar.cache import ModelCache
+
+    return ModelCache(settings, input_dir=settings.input_dir, model_dir=settings.model_dir)
+
+
+# ---- responses --------------------------------------------------------------------------------
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
+async def files_json_response(request: web.Request, body: dict[str, Any], status: int) -> web.StreamResponse:
+    """A body with base64 files, streamed slice by slice so the event loop keeps answering /health."""
+    if jsonbody.encoded_size(body) <= jsonbody.SLICE:
+        return web.Response(
+            body=jsonbody.encode_small(body), status=status, content_type="application/json", charset="utf-8"
+        )
+    parts = jsonbody.plan(body)
+    response = web.StreamResponse(status=status)
+    response.content_type = "application/json"
+    response.charset = "utf-8"
+    response.content_length = jsonbody.plan_size(parts)
+    await response.prepare(request)
+    async for piece in jsonbody.iter_plan(parts):
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+def bad_request(message: str, location: str | None = None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if location is not None:
+        body["location"] = location
+    body.update(extra)
+    return json_response(body, 400)
+
+
+def server_error(status: int, message: str, comfy_error: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"statusCode": status, "error": _status_reason(status), "message": message}
+    if comfy_error:
+        body["comfy_error"] = comfy_error
+    return json_response(body, status)
+
+
+def _status_reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _fastify_error(status: int, code: str, message: str) -> web.Response:
+    return json_response(
+        {"statusCode": status, "code": code, "error": _status_reason(status), "message": message}, status
+    )
+
+
+def validation_message(error: ValidationError) -> tuple[str, str]:
+    """(error text, location) for the first few schema errors."""
+    parts = []
+    location = ""
+    for index, item in enumerate(error.errors(include_url=False)[:3]):
+        loc = ".".join(str(p) for p in item["loc"])
+        if index == 0:
+            location = loc or "body"
+        parts.append(f"{loc or 'body'}: {item['msg']}")
+    return "Bad Request: " + "; ".join(parts), location
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body; returns the model or an error response."""
+    if request.content_type != "application/json":
+        return _fastify_error(415, "FST_ERR_CTP_INVALID_MEDIA_TYPE", "Unsupported Media Type")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _fastify_error(413, "FST_ERR_CTP_BODY_TOO_LARGE", "Request body is too large")
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        return bad_request(f"Bad Request: malformed JSON: {error}", "body")
+    if not isinstance(data, dict):
+        return bad_request("Bad Request: the body must be a JSON object", "body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        message, location = validation_message(error)
+        return bad_request(message, location)
+
+
+# ---- handlers --------------------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    healthy = request.app[STATE_KEY].healthy
+    return json_response(
+        {"version": VERSION, "status": "healthy" if healthy else "not healthy"}, 200 if healthy else 500
+    )
+
+
+def is_ready(app: web.Application) -> bool:
+    ready = app[STATE_KEY].ready(app[SETTINGS_KEY].max_queue_depth, app[COMFY_KEY].queue_remaining)
+    app[METRICS_KEY].ready.set(1 if ready else 0)
+    return ready
+
+
+async def ready(request: web.Request) -> web.Response:
+    ok = is_ready(request.app)
+    return json_response({"version": VERSION, "status": "ready" if ok else "not ready"}, 200 if ok else 503)
+
+
+async def models(request: web.Request) -> web.Response:
+    try:
+        result = await request.app[COMFY_KEY].models()
+    except (aiohttp.ClientError, ValueError) as error:
+        return server_error(502, f"Could not list models from ComfyUI: {type(error).__name__}")
+    return json_response(result)
+
+
+async def prompt(request: web.Request) -> web.StreamResponse:
+    started = time.monotonic()
+    parsed = await read_json(request, PromptRequest)
+    if isinstance(parsed, web.Response):
+        return parsed
+    app = request.app
+    if app[STATE_KEY].draining:
+        return server_error(503, "The sidecar is shutting down and takes no new prompts")
+    service = app[SERVICE_KEY]
+    try:
+        prepared = await service.prepare(parsed, started)
+    except PrepareError as error:
+        if error.status == 400:
+            return bad_request(error.message, error.location)
+        return server_error(error.status, error.message)
+    body = echo(parsed, prepared.prompt)
+    if is_async(parsed):
+        service.run_in_background(prepared)
+        body["status"] = "ok"
+        return json_response(body, 202)
+    try:
+        delivered = await service.run(prepared)
+    except ComfyRejected as error:
+        return bad_request(error.message, "prompt", node_errors=_node_errors(error.body))
+    except ComfyError as error:
+        return server_error(error.status, error.message, error.comfy_error)
+    except UploadError as error:
+        return server_error(502, f"Upload failed: {error}")
+    body.update(images=delivered.images, filenames=delivered.filenames, stats=delivered.stats)
+    return await files_json_response(request, body, 200)
+
+
+def _node_errors(body: Any) -> Any:
+    return body.get("node_errors", {}) if isinstance(body, dict) else {}
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    parsed = await read_json(request, InterruptRequest)
+    if isinstance(parsed, web.Response):
+        return parsed
+    done = await request.app[SERVICE_KEY].interrupt(parsed.id)
+    return json_response(
+        {"id": parsed.id, "interrupted": "success" if done else "failed"}, 200 if done else 404
+    )
+
+
+async def docs_json(request: web.Request) -> web.Response:
+    return json_response(build_openapi(request.app[SETTINGS_KEY].port))
+
+
+async def docs_yaml(request: web.Request) -> web.Response:
+    text = yaml.safe_dump(build_openapi(request.app[SETTINGS_KEY].port), sort_keys=False)
+    return web.Response(text=text, content_type="application/yaml")
+
+
+async def docs_html(request: web.Request) -> web.Response:
+    return web.Response(
+        text=docs_page(build_openapi(request.app[SETTINGS_KEY].port)), content_type="text/html"
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    is_ready(request.app)
+    data = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count requests by route and code; answer unknown routes and methods in Fastify's shape."""
+    app_metrics = request.app[METRICS_KEY]
+    try:
+        response = await handler(request)
+    except web.HTTPNotFound:
+        response = _fastify_error_plain(404, f"Route {request.method}:{request.path} not found")
+    except web.HTTPMethodNotAllowed:
+        response = _fastify_error_plain(405, f"Method {request.method} not allowed on {request.path}")
+    except web.HTTPException:
+        raise
+    except Exception as error:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = server_error(500, f"Internal error: {type(error).__name__}")
+    app_metrics.requests.labels(route=app_metrics.route_label(request.path), code=str(response.status)).inc()
+    return response
+
+
+def _fastify_error_plain(status: int, message: str) -> web.Response:
+    return json_response({"message": message, "error": _status_reason(status), "statusCode": status}, status)
+
+
+# ---- assembly --------------------------------------------------------------------------------
+def create_app(
+    settings: Settings, *, fetcher: Fetcher | None = None, start_lifecycle: bool = True
+) -> web.Application:
+    """The sidecar application. `fetcher` defaults to `build_fetcher(settings)`."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe])
+    app[SETTINGS_KEY] = settings
+    app[FETCHER_KEY] = fetcher if fetcher is not None else build_fetcher(settings)
+    app[STATE_KEY] = State()
+    app[METRICS_KEY] = Metrics()
+    app[STOP_KEY] = asyncio.Event()
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/ready", ready),
+            web.get("/models", models),
+            web.post("/prompt", prompt),
+            web.post("/interrupt", interrupt),
+            web.get("/docs", docs_html),
+            web.get("/docs/json", docs_json),
+            web.get("/docs/yaml", docs_yaml),
+            web.get("/metrics", metrics),
+        ]
+    )
+    chosen = app[FETCHER_KEY]
+    if isinstance(chosen, ServesRoutes):
+        app.add_routes(chosen.routes())
+
+    async def on_startup(app: web.Application) -> None:
+        await _startup(app, start_lifecycle)
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+_SESSIONS = web.AppKey("sessions", list)
+
+
+async def _startup(app: web.Application, start_lifecycle: bool) -> None:
+    settings = app[SETTINGS_KEY]
+    app_metrics = app[METRICS_KEY]
+    state = app[STATE_KEY]
+    connector = aiohttp.TCPConnector(limit=256, force_close=False)
+    comfy_session = aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10)
+    )
+    webhook_session = aiohttp.ClientSession()
+    app[_SESSIONS] = [comfy_session, webhook_session]
+    comfy = ComfyClient(
+        settings.comfy_url,
+        comfy_session,
+        heartbeat_s=settings.ws_heartbeat_s,
+        reconnect_max_s=settings.ws_reconnect_max_s,
+        lost_timeout_s=settings.comfyui_lost_timeout_s,
+        history_poll_s=settings.history_poll_interval_s,
+        on_queue_depth=app_metrics.queue_depth.set,
+    )
+    app[COMFY_KEY] = comfy
+    policy = RetryPolicy(
+        attempts=settings.prompt_webhook_retries,
+        backoff_s=settings.webhook_backoff_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+        timeout_s=settings.webhook_timeout_s,
+    )
+    webhooks = WebhookSender(
+        webhook_session,
+        policy,
+        settings.webhook_key(),
+        on_result=lambda outcome: app_metrics.webhooks.labels(outcome=outcome).inc(),
+    )
+    app[WEBHOOKS_KEY] = webhooks
+    service = PromptService(settings, comfy, app[FETCHER_KEY], webhooks, app_metrics)
+    app[SERVICE_KEY] = service
+    if settings.system_webhook_url:
+        events = parse_events(settings.system_webhook_events)
+        system = SystemEvents(
+            settings.system_webhook_url, events, metadata_from(os.environ), webhooks, service.api_id_for
+        )
+        app[SYSTEM_EVENTS_KEY] = system
+        comfy.on_event = system.on_comfy_event
+        comfy.skipped_prefixes = tuple(
+            f'{{"type": "{name}"' for name in IGNORABLE_EVENTS if name not in events
+        )
+    stop = app[STOP_KEY]
+
+    def fatal(code: int) -> None:
+        state.healthy = False
+        state.exit_code = code
+        stop.set()
+
+    lifecycle = Lifecycle(
+        settings=settings,
+        comfy=comfy,
+        service=service,
+        metrics=app_metrics,
+        state=state,
+        session=comfy_session,
+        on_fatal=fatal,
+    )
+    comfy._on_connection = lifecycle.on_connection
+    app[LIFECYCLE_KEY] = lifecycle
+    fetcher = app[FETCHER_KEY]
+    if isinstance(fetcher, HasLifecycle):
+        await fetcher.start()
+    if start_lifecycle:
+        await lifecycle.start()
+
+
+async def drain(app: web.Application, grace_s: float) -> bool:
+    """Stop taking prompts; wait (bounded) for in-flight ones and their webhooks. True if all finished."""
+    state = app[STATE_KEY]
+    state.draining = True
+    deadline = time.monotonic() + grace_s
+    finished = await app[SERVICE_KEY].wait_idle(grace_s)
+    await app[WEBHOOKS_KEY].drain(max(0.0, deadline - time.monotonic()))
+    return finished
+
+
+async def _cleanup(app: web.Application) -> None:
+    if LIFECYCLE_KEY in app:
+        await app[LIFECYCLE_KEY].stop()
+    fetcher = app[FETCHER_KEY]
+    if isinstance(fetcher, HasLifecycle):
+        await fetcher.close()
+    for session in app.get(_SESSIONS, []):
+        await session.close()

@@ -1,0 +1,230 @@
+"""Lifecycle: attach or supervise ComfyUI, warm up before /ready, restart ComfyUI, readiness state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shlex
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.metrics import Metrics
+from comfyui_sidecar.models import PromptRequest
+from comfyui_sidecar.prompt_flow import PrepareError, PromptService
+from comfyui_sidecar.settings import Settings
+from comfyui_sidecar.uploads import UploadError
+
+log = logging.getLogger(__name__)
+
+WARMUP_ATTEMPTS = 3
+WARMUP_BACKOFF_S = 1.0
+WARMUP_FETCH_TIMEOUT_S = 60.0
+
+
+@dataclass
+class State:
+    warm: bool = False
+    comfy_up: bool = False
+    draining: bool = False
+    healthy: bool = True
+    exit_code: int | None = None
+
+    def ready(self, max_queue_depth: int, queue_depth: int) -> bool:
+        if not (self.warm and self.comfy_up and self.healthy) or self.draining:
+            return False
+        return max_queue_depth == 0 or queue_depth < max_queue_depth
+
+
+class Lifecycle:
+    """Starts (supervise mode) and watches ComfyUI, keeps the websocket task, runs warmups."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        comfy: ComfyClient,
+        service: PromptService,
+        metrics: Metrics,
+        state: State,
+        session: aiohttp.ClientSession,
+        on_fatal: Callable[[int], None],
+    ) -> None:
+        self.settings = settings
+        self.comfy = comfy
+        self.service = service
+        self.metrics = metrics
+        self.state = state
+        self.session = session
+        self.on_fatal = on_fatal
+        self.process: asyncio.subprocess.Process | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._warmup_prompt: dict[str, Any] | None = None
+        self._warmup_lock = asyncio.Lock()
+        self._ever_connected = False
+        self._closing = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        self._spawn(self._startup())
+
+    def on_connection(self, up: bool) -> None:
+        """Websocket state changes: readiness follows; a reconnect after a drop re-runs the warmup."""
+        self.state.comfy_up = up
+        self.metrics.comfy_connected.set(1 if up else 0)
+        if up and self._ever_connected:
+            if self._warmup_prompt is not None:
+                self.state.warm = False
+            self._spawn(self._warmup())
+        if up:
+            self._ever_connected = True
+
+    async def _startup(self) -> None:
+        try:
+            self._warmup_prompt = await self._load_warmup()
+        except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as error:
+            log.error("cannot load the warmup prompt: %s", error)
+            self.state.healthy = False
+            return
+        if self.settings.sidecar_mode == "supervise":
+            await self._launch()
+            self._spawn(self._watch_process())
+        while not await self._wait_for_comfy():
+            log.error("ComfyUI did not answer after %d checks", self.settings.startup_check_max_tries)
+            if self._closing:
+                return
+            if self.settings.sidecar_mode == "supervise":
+                self.on_fatal(1)
+                return
+            # attach mode: ComfyUI is another container that may start late; stay not ready and keep checking
+        self._spawn(self.comfy.run())
+        await self._warmup()
+
+    async def _wait_for_comfy(self) -> bool:
+        for _ in range(self.settings.startup_check_max_tries):
+            if self._closing:
+                return False
+            if await self.comfy.ping():
+                return True
+            await asyncio.sleep(self.settings.startup_check_interval_s)
+        return False
+
+    async def _load_warmup(self) -> dict[str, Any] | None:
+        settings = self.settings
+        if settings.warmup_prompt_file is not None:
+            data = json.loads(settings.warmup_prompt_file.read_text())
+        elif settings.warmup_prompt_url:
+            headers = {}
+            if settings.http_auth_header_name and settings.http_auth_header_value:
+                headers[settings.http_auth_header_name] = settings.http_auth_header_value.get_secret_value()
+            timeout = aiohttp.ClientTimeout(total=WARMUP_FETCH_TIMEOUT_S)
+            async with self.session.get(
+                settings.warmup_prompt_url, headers=headers, timeout=timeout
+            ) as response:
+                response.raise_for_status()
+                data = json.loads(await response.read())
+        else:
+            return None
+        if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+            data = data["prompt"]
+        if not isinstance(data, dict):
+            raise ValueError("the warmup prompt must be a JSON object (an API-format prompt)")
+        return data
+
+    async def _warmup(self) -> None:
+        """Run the warmup prompt (if any) through the normal pipeline; then mark warm."""
+        async with self._warmup_lock:
+            if self._warmup_prompt is None:
+                await self._wait_connected()
+                self.state.warm = True
+                return
+            for attempt in range(1, WARMUP_ATTEMPTS + 1):
+                await self._wait_connected()
+                if await self._run_warmup_once():
+                    self.state.warm = True
+                    log.info("warmup finished")
+                    return
+                if attempt < WARMUP_ATTEMPTS:
+                    await asyncio.sleep(WARMUP_BACKOFF_S * attempt)
+            log.error("warmup failed %d times; reporting not healthy", WARMUP_ATTEMPTS)
+            self.state.healthy = False
+
+    async def _wait_connected(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.comfy.connected.wait(), timeout=self.settings.comfyui_lost_timeout_s)
+
+    async def _run_warmup_once(self) -> bool:
+        try:
+            request = PromptRequest.model_validate(
+                {"prompt": self._warmup_prompt, "id": f"warmup-{uuid.uuid4()}"}
+            )
+            prepared = await self.service.prepare(request, time.monotonic())
+            await self.service.run(prepared)
+        except (PrepareError, ComfyError, ComfyRejected, UploadError, ValueError) as error:
+            log.warning("warmup failed: %s", getattr(error, "message", error))
+            return False
+        return True
+
+    # ---- supervise mode ------------------------------------------------------------------------------------
+    async def _launch(self) -> None:
+        argv = shlex.split(self.settings.cmd)
+        log.info("starting ComfyUI: %s", argv[0] if argv else "<empty CMD>")
+        self.process = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+
+    async def _watch_process(self) -> None:
+        backoff = 1.0
+        failures = 0
+        while not self._closing and self.process is not None:
+            code = await self.process.wait()
+            if self._closing:
+                return
+            self.state.warm = False
+            log.warning("ComfyUI exited with code %s", code)
+            if not self.settings.always_restart_comfyui:
+                self.on_fatal(1)
+                return
+            self.metrics.restarts.inc()
+            await asyncio.sleep(backoff)
+            started = time.monotonic()
+            await self._launch()
+            if not await self._wait_for_comfy():
+                failures += 1
+                if failures >= self.settings.startup_check_max_tries:
+                    log.error("ComfyUI failed to start %d times in a row; giving up", failures)
+                    self.on_fatal(1)
+                    return
+            else:
+                failures = 0
+            backoff = (
+                1.0
+                if time.monotonic() - started > 60
+                else min(self.settings.restart_backoff_max_s, backoff * 2)
+            )
+
+    async def stop(self, kill_after_s: float = 10.0) -> None:
+        self._closing = True
+        await self.comfy.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=kill_after_s)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

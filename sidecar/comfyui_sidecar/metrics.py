@@ -1,0 +1,77 @@
+"""Prometheus metrics of the sidecar (own registry per app; bounded label sets only)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from comfyui_sidecar.models import VERSION
+
+ROUTES = frozenset(
+    {
+        "/health",
+        "/ready",
+        "/models",
+        "/prompt",
+        "/interrupt",
+        "/docs",
+        "/docs/json",
+        "/docs/yaml",
+        "/metrics",
+        "/download",
+    }
+)
+OUTCOMES = ("success", "failed", "rejected", "timeout", "unreachable")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "comfyui_api_requests",
+            "HTTP requests by route and status code",
+            ["route", "code"],
+            registry=self.registry,
+        )
+        self.prompt_duration = Histogram(
+            "comfyui_api_prompt_duration_seconds",
+            "Time from request to delivered result, by outcome",
+            ["outcome"],
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+        )
+        self.queue_depth = Gauge(
+            "comfyui_api_queue_depth",
+            "Prompts running or pending in ComfyUI (the autoscaling signal)",
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "comfyui_api_inflight_prompts",
+            "Prompts accepted by the sidecar and not yet finished",
+            registry=self.registry,
+        )
+        self.webhooks = Counter(
+            "comfyui_api_webhook_deliveries",
+            "Webhook deliveries by final outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "comfyui_api_comfy_restarts",
+            "ComfyUI restarts done by the sidecar (supervise mode)",
+            registry=self.registry,
+        )
+        self.comfy_connected = Gauge(
+            "comfyui_api_comfy_connected", "1 while the websocket to ComfyUI is open", registry=self.registry
+        )
+        self.ready = Gauge("comfyui_api_ready", "1 while /ready answers 200", registry=self.registry)
+        self.build_info = Gauge(
+            "comfyui_api_build_info", "Contract version served", ["version"], registry=self.registry
+        )
+        self.build_info.labels(version=VERSION).set(1)
+
+    def route_label(self, path: str) -> str:
+        if path in ROUTES:
+            return path
+        if path.startswith("/docs"):
+            return "/docs"
+        return "other"

@@ -1,0 +1,473 @@
+"""One prompt from request to delivery: prepare (rewrite, inputs, fetches), run on ComfyUI, collect, deliver.
+
+HTTP handlers stay thin: they call `prepare` and then `run` (synchronous answer) or `run_in_background`
+(202 answer; results go to webhooks or uploads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.convert import convert_image
+from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched
+from comfyui_sidecar.jsonbody import Base64List, Base64Str
+from comfyui_sidecar.loaders import loader_table
+from comfyui_sidecar.metrics import Metrics
+from comfyui_sidecar.models import PromptRequest
+from comfyui_sidecar.outputs import OutputFile, OutputRef, content_type_for, is_safe_relative, output_refs
+from comfyui_sidecar.rewriting import (
+    InlineFile,
+    RewriteError,
+    RewriteOptions,
+    finish_directories,
+    rewrite_prompt,
+)
+from comfyui_sidecar.settings import Settings
+from comfyui_sidecar.uploads import UploadError, upload_outputs
+from comfyui_sidecar.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+_SECRET_FIELDS = frozenset(
+    {"token", "password", "header_value", "query_value", "secret_access_key", "session_token"}
+)
+THREAD_THRESHOLD = 512 * 1024
+
+
+class PrepareError(Exception):
+    """A request refused before queueing: 400 {error, location} (or the fetcher's status)."""
+
+    def __init__(self, message: str, location: str | None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+        self.status = status
+
+
+@dataclass
+class Prepared:
+    request: PromptRequest
+    prompt: dict[str, Any]
+    output_nodes: list[str]
+    started: float
+    preprocess_ms: int
+    cleanup: contextlib.AsyncExitStack
+    comfy_prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class Delivered:
+    images: list[str] | Base64List
+    """Upload URLs, or the files themselves (encoded as base64 when the body is written)."""
+    filenames: list[str]
+    stats: dict[str, Any]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def js_key_order(keys: Iterable[str]) -> list[str]:
+    """Keys as JavaScript orders an object's own keys: integer-like keys ascending, then the rest in order."""
+    keys = list(keys)
+    numeric = sorted((k for k in keys if k.isdigit() and (k == "0" or not k.startswith("0"))), key=int)
+    chosen = set(numeric)
+    return numeric + [k for k in keys if k not in chosen]
+
+
+def ordered_prompt(prompt: Mapping[str, Any]) -> dict[str, Any]:
+    """Node ids in JavaScript key order (integer-like first); nodes as {inputs, class_type, _meta}."""
+    result: dict[str, Any] = {}
+    for key in js_key_order(prompt):
+        node = prompt[key]
+        out = {"inputs": node["inputs"], "class_type": node["class_type"]}
+        meta = node.get("_meta")
+        if meta is not None:
+            out["_meta"] = meta
+        result[key] = out
+    return result
+
+
+def redact_credentials(credentials: Sequence[Credential]) -> list[dict[str, Any]]:
+    result = []
+    for credential in credentials:
+        auth = credential.auth.model_dump(exclude_none=True)
+        result.append(
+            {
+                "url_pattern": credential.url_pattern,
+                "auth": {k: (REDACTED if k in _SECRET_FIELDS else v) for k, v in auth.items()},
+            }
+        )
+    return result
+
+
+def echo(request: PromptRequest, prompt: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated request in schema order, with the rewritten prompt and secrets redacted."""
+    body: dict[str, Any] = {"prompt": ordered_prompt(prompt), "id": request.id}
+    if request.webhook is not None:
+        body["webhook"] = request.webhook
+    if request.webhook_v2 is not None:
+        body["webhook_v2"] = request.webhook_v2
+    if request.convert_output is not None:
+        body["convert_output"] = request.convert_output.model_dump(exclude_none=True)
+    if request.credentials is not None:
+        body["credentials"] = redact_credentials(request.credentials)
+    if request.hf_upload is not None:
+        body["hf_upload"] = request.hf_upload.model_dump(by_alias=True)
+    if request.http_upload is not None:
+        body["http_upload"] = request.http_upload.model_dump(by_alias=True)
+    return body
+
+
+def is_async(request: PromptRequest) -> bool:
+    """202 answers: any webhook, or an upload block with async true (contract 3.5)."""
+    if request.webhook or request.webhook_v2:
+        return True
+    upload = request.hf_upload or request.http_upload
+    return bool(upload and upload.async_)
+
+
+def confined(root: Path, relpath: str) -> Path | None:
+    """`root/relpath` when it stays inside root after resolving symlinks, else None."""
+    if not is_safe_relative(relpath):
+        return None
+    base = root.resolve()
+    path = (base / relpath).resolve()
+    return path if path.is_relative_to(base) else None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class PromptService:
+    def __init__(
+        self,
+        settings: Settings,
+        comfy: ComfyClient,
+        fetcher: Fetcher,
+        webhooks: WebhookSender,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.comfy = comfy
+        self.fetcher = fetcher
+        self.webhooks = webhooks
+        self.metrics = metrics
+        self.rewrite_options = RewriteOptions(
+            prepend_filenames=settings.prepend_filenames, loaders=loader_table(settings.extra_model_loaders)
+        )
+        self.comfy_ids: dict[str, str] = {}
+        self.api_ids: dict[str, str] = {}
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- accounting ----------------------------------------------------------------------------------------
+    def _enter(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+        self.metrics.inflight.set(self.inflight)
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.set(self.inflight)
+        if self.inflight == 0:
+            self.idle.set()
+
+    # ---- preparation ---------------------------------------------------------------------------------------
+    async def prepare(self, request: PromptRequest, started: float) -> Prepared:
+        """Rewrite, check local inputs, write inline files, fetch URLs. Raises PrepareError (and sends
+        prompt.failed to the request's webhook, a fix of upstream)."""
+        self._enter()
+        stack = contextlib.AsyncExitStack()
+        try:
+            prepared = await self._prepare(request, started, stack)
+        except PrepareError as error:
+            await stack.aclose()
+            self._leave()
+            raw = {k: n.model_dump(by_alias=True, exclude_none=True) for k, n in request.prompt.items()}
+            self._send_failed(request, raw, error.message)
+            self.metrics.prompt_duration.labels(outcome="rejected").observe(time.monotonic() - started)
+            raise
+        except BaseException:
+            await stack.aclose()
+            self._leave()
+            raise
+        return prepared
+
+    async def _prepare(
+        self, request: PromptRequest, started: float, stack: contextlib.AsyncExitStack
+    ) -> Prepared:
+        raw = {
+            node_id: node.model_dump(by_alias=True, exclude_none=True)
+            for node_id, node in request.prompt.items()
+        }
+        try:
+            rewritten = rewrite_prompt(raw, request.id, self.rewrite_options)
+        except RewriteError as error:
+            raise PrepareError(error.message, error.location) from None
+        input_dir = self.settings.input_dir
+        for local in rewritten.local_inputs:
+            path = confined(input_dir, local.relpath)
+            if path is None:
+                raise PrepareError(
+                    f"{local.message_prefix}: file is outside the input directory", local.location
+                )
+            if not path.is_file():
+                raise PrepareError(
+                    f"{local.message_prefix}: no such file in the input directory: {local.relpath}",
+                    local.location,
+                )
+        if rewritten.inline_files:
+            await asyncio.to_thread(self._write_inline, rewritten.inline_files)
+            stack.callback(self._remove_inline, rewritten.inline_files)
+        try:
+            resolved = await stack.enter_async_context(
+                self.fetcher.pin(rewritten.fetches, request.credentials or [])
+            )
+        except FetchError as error:
+            raise PrepareError(error.message, "prompt", error.status) from None
+        prompt = apply_fetched(rewritten.prompt, resolved) if resolved else rewritten.prompt
+        if rewritten.directories:
+            prompt = finish_directories(prompt, rewritten.directories)
+        preprocess_ms = int((time.monotonic() - started) * 1000)
+        return Prepared(request, prompt, rewritten.output_nodes, started, preprocess_ms, stack)
+
+    def _write_inline(self, files: Sequence[InlineFile]) -> None:
+        for item in files:
+            path = confined(self.settings.input_dir, item.relpath)
+            if path is None:
+                raise PrepareError("inline file name escapes the input directory", "prompt")
+            write_atomic(path, item.data)
+
+    def _remove_inline(self, files: Sequence[InlineFile]) -> None:
+        for item in files:
+            with contextlib.suppress(OSError):
+                (self.settings.input_dir / item.relpath).unlink()
+        for folder in {item.relpath.split("/")[0] for item in files if "/" in item.relpath}:
+            with contextlib.suppress(OSError):
+                (self.settings.input_dir / folder).rmdir()
+
+    # ---- running -------------------------------------------------------------------------------------------
+    async def run(self, prepared: Prepared) -> Delivered:
+        """Run a prepared prompt; return the result. Raises ComfyError/ComfyRejected/UploadError."""
+        outcome = "failed"
+        try:
+            result = await self._execute_and_deliver(prepared)
+            outcome = "success"
+            return result
+        except ComfyError as error:
+            outcome = {504: "timeout", 502: "unreachable"}.get(error.status, "failed")
+            raise
+        except ComfyRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            await prepared.cleanup.aclose()
+            self.metrics.prompt_duration.labels(outcome=outcome).observe(time.monotonic() - prepared.started)
+            self._leave()
+
+    def run_in_background(self, prepared: Prepared) -> None:
+        task = asyncio.get_running_loop().create_task(self._background_run(prepared))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _background_run(self, prepared: Prepared) -> None:
+        request = prepared.request
+        try:
+            delivered = await self.run(prepared)
+        except (ComfyError, ComfyRejected, UploadError) as error:
+            message = getattr(error, "message", str(error))
+            log.warning("prompt %s failed: %s", request.id, message)
+            self._send_failed(request, prepared.prompt, message)
+            return
+        except Exception as error:
+            log.exception("prompt %s failed unexpectedly", request.id)
+            self._send_failed(request, prepared.prompt, f"Internal error: {type(error).__name__}")
+            return
+        if request.webhook_v2:
+            payload = {"type": "prompt.complete", "timestamp": iso_now(), **echo(request, prepared.prompt)}
+            payload.update(images=delivered.images, filenames=delivered.filenames, stats=delivered.stats)
+            self.webhooks.send_v2(request.webhook_v2, payload)
+
+    async def _execute_and_deliver(self, prepared: Prepared) -> Delivered:
+        request = prepared.request
+        comfy_id = prepared.comfy_prompt_id
+        self.comfy.register(comfy_id)
+        self.comfy_ids[request.id] = comfy_id
+        self.api_ids[comfy_id] = request.id
+        try:
+            await self.comfy.queue(prepared.prompt, comfy_id)
+            execution = await self.comfy.wait(comfy_id, self.settings.prompt_timeout_s)
+        finally:
+            self.comfy.forget(comfy_id)
+            self.comfy_ids.pop(request.id, None)
+            self.api_ids.pop(comfy_id, None)
+        refs = output_refs(execution.outputs, js_key_order(prepared.prompt))
+        files = await self.read_outputs(refs)
+        round_trip_ms = self._elapsed_ms(prepared)
+        files = await self._convert(files, request)
+        if sum(len(f.data) for f in files) > THREAD_THRESHOLD:
+            await asyncio.to_thread(self.delete_outputs, refs)
+        else:  # a thread hand-off costs more than a few small unlinks
+            self.delete_outputs(refs)
+        postprocess_end = self._elapsed_ms(prepared)
+        stats: dict[str, Any] = {
+            "comfy_execution": execution.stats(),
+            "preprocess_time": prepared.preprocess_ms,
+            "comfy_round_trip_time": round_trip_ms - prepared.preprocess_ms,
+            "postprocess_time": postprocess_end - round_trip_ms,
+        }
+        if request.webhook:
+            self._send_legacy(request, prepared.prompt, files, stats)
+            images: list[str] | Base64List = []
+        elif request.hf_upload or request.http_upload:
+            images = await upload_outputs(
+                files, http_upload=request.http_upload, hf_upload=request.hf_upload, settings=self.settings
+            )
+        else:
+            images = Base64List([f.data for f in files])
+        total_ms = self._elapsed_ms(prepared)
+        stats["upload_time"] = total_ms - postprocess_end
+        stats["total_time"] = total_ms
+        return Delivered(images, [f.filename for f in files], stats)
+
+    @staticmethod
+    def _elapsed_ms(prepared: Prepared) -> int:
+        return int((time.monotonic() - prepared.started) * 1000)
+
+    def _output_path(self, ref: OutputRef) -> Path | None:
+        root = self.settings.output_dir if ref.type == "output" else self.settings.temp_dir
+        if not is_safe_relative(ref.subfolder) or not is_safe_relative(ref.filename) or "/" in ref.filename:
+            return None
+        return root / ref.subfolder / ref.filename if ref.subfolder else root / ref.filename
+
+    async def read_outputs(self, refs: Sequence[OutputRef]) -> list[OutputFile]:
+        """Read each output from the shared directory, or through ComfyUI's /view when it is not there."""
+        files = []
+        for ref in refs:
+            path = self._output_path(ref)
+            data: bytes | None = None
+            if path is not None:
+                try:
+                    size = path.stat().st_size
+                    data = (
+                        await asyncio.to_thread(path.read_bytes)
+                        if size > THREAD_THRESHOLD
+                        else path.read_bytes()
+                    )
+                except OSError:
+                    data = None
+            if data is None:
+                data = await self.comfy.view(ref)
+            files.append(OutputFile(ref.filename, data, content_type_for(ref.filename)))
+        return files
+
+    def delete_outputs(self, refs: Sequence[OutputRef]) -> None:
+        for ref in refs:
+            path = self._output_path(ref)
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    async def _convert(self, files: list[OutputFile], request: PromptRequest) -> list[OutputFile]:
+        convert = request.convert_output
+        if convert is None:
+            return files
+        result = []
+        for file in files:
+            try:
+                result.append(await asyncio.to_thread(convert_image, file, convert))
+            except (OSError, ValueError) as error:
+                log.warning("convert_output skipped %s: %s", file.filename, error)
+                result.append(file)
+        return result
+
+    # ---- webhooks ------------------------------------------------------------------------------------------
+    def _send_legacy(
+        self,
+        request: PromptRequest,
+        prompt: Mapping[str, Any],
+        files: Sequence[OutputFile],
+        stats: dict[str, Any],
+    ) -> None:
+        assert request.webhook is not None
+        ordered = ordered_prompt(prompt)
+        stats = copy.deepcopy(stats)  # the caller adds upload_time/total_time later; legacy stats lack them
+        for file in files:
+            payload = {
+                "event": "output.complete",
+                "image": Base64Str(file.data),
+                "id": request.id,
+                "filename": file.filename,
+                "prompt": ordered,
+                "stats": stats,
+            }
+            self.webhooks.send_legacy(request.webhook, payload)
+
+    def _send_failed(self, request: PromptRequest, prompt: Mapping[str, Any], message: str) -> None:
+        if request.webhook_v2:
+            payload = {
+                "type": "prompt.failed",
+                "timestamp": iso_now(),
+                "id": request.id,
+                "prompt": ordered_prompt(prompt),
+                "error": message,
+            }
+            self.webhooks.send_v2(request.webhook_v2, payload)
+        elif request.webhook:
+            legacy = {
+                "event": "prompt.failed",
+                "id": request.id,
+                "prompt": ordered_prompt(prompt),
+                "error": message,
+            }
+            self.webhooks.send_legacy(request.webhook, legacy)
+
+    # ---- interrupt / shutdown ------------------------------------------------------------------------------
+    def api_id_for(self, comfy_prompt_id: str) -> str | None:
+        """The request id of an in-flight ComfyUI prompt id (for system webhooks)."""
+        return self.api_ids.get(comfy_prompt_id)
+
+    async def interrupt(self, request_id: str) -> bool:
+        comfy_id = self.comfy_ids.get(request_id)
+        if comfy_id is None:
+            return False
+        return await self.comfy.cancel(comfy_id)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True when every accepted prompt finished within `timeout_s`."""
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,160 @@
+"""Webhooks: Standard Webhooks signing (pure) and background delivery with bounded retries (contract 3.7)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from comfyui_sidecar.jsonbody import encode, encode_small
+
+log = logging.getLogger(__name__)
+
+_B64_CHARS = re.compile(r"[^A-Za-z0-9+/]")
+
+
+def encode_body(payload: Mapping[str, Any]) -> bytes:
+    """Compact JSON like JSON.stringify (see `jsonbody.dumps`)."""
+    return encode_small(payload)
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key for a WEBHOOK_SECRET: 'whsec_' stripped, base64 decoded leniently (both alphabets)."""
+    text = secret.removeprefix("whsec_").replace("-", "+").replace("_", "/")
+    text = _B64_CHARS.sub("", text)
+    text = text[: len(text) - len(text) % 4 if len(text) % 4 == 1 else len(text)]
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def webhook_timestamp(now_s: float) -> str:
+    """Seconds since the epoch, rounded half up (as upstream's Math.round)."""
+    return str(math.floor(now_s + 0.5))
+
+
+def sign(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> str:
+    content = webhook_id.encode() + b"." + timestamp.encode() + b"." + body
+    return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+
+
+def signed_headers(key: bytes, webhook_id: str, body: bytes, now_s: float) -> dict[str, str]:
+    timestamp = webhook_timestamp(now_s)
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": sign(key, webhook_id, timestamp, body),
+    }
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    timeout_s: float
+
+    def delay(self, failed_attempts: int) -> float:
+        """Wait after the n-th failure: backoff, doubling, capped."""
+        return float(min(self.backoff_max_s, self.backoff_s * (2 ** (failed_attempts - 1))))
+
+
+class WebhookSender:
+    """Sends webhooks from background tasks; `send_*` return at once and never raise."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        policy: RetryPolicy,
+        secret: str,
+        on_result: Callable[[str], None] | None = None,
+    ) -> None:
+        self._session = session
+        self._policy = policy
+        self._key = signing_key(secret)
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self._on_result = on_result
+
+    def send_v2(self, url: str, payload: Mapping[str, Any]) -> asyncio.Task[bool]:
+        """Sign and deliver; base64 files in the payload (`jsonbody.Base64List`) are encoded in the task."""
+        return self._spawn(self._encode_and_deliver(url, payload, signed=True))
+
+    def send_legacy(self, url: str, payload: Mapping[str, Any]) -> asyncio.Task[bool]:
+        return self._spawn(self._encode_and_deliver(url, payload, signed=False))
+
+    def _spawn(self, coro: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _encode_and_deliver(self, url: str, payload: Mapping[str, Any], *, signed: bool) -> bool:
+        body = await encode(payload)
+        if signed:
+            webhook_id = str(payload.get("id") or uuid.uuid4())
+            headers = signed_headers(self._key, webhook_id, body, time.time())
+        else:
+            headers = {"Content-Type": "application/json"}
+        return await self._deliver(url, body, headers)
+
+    async def _deliver(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
+        """Same id, timestamp and signature on every attempt; True once a 2xx answer came back."""
+        timeout = aiohttp.ClientTimeout(total=self._policy.timeout_s)
+        reason = ""
+        for attempt in range(1, self._policy.attempts + 1):
+            try:
+                async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
+                    await response.read()
+                    if 200 <= response.status < 300:
+                        self._report("delivered")
+                        return True
+                    reason = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                reason = f"{type(error).__name__}: {error}"
+            if attempt < self._policy.attempts:
+                log.info("webhook attempt %d/%d failed (%s)", attempt, self._policy.attempts, reason)
+                await asyncio.sleep(self._policy.delay(attempt))
+        log.error(
+            "webhook delivery to %s failed after %d attempts: %s",
+            safe_url(url),
+            self._policy.attempts,
+            reason,
+        )
+        self._report("failed")
+        return False
+
+    def _report(self, outcome: str) -> None:
+        if self._on_result is not None:
+            self._on_result(outcome)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) for pending deliveries, e.g. at shutdown."""
+        pending = set(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+
+def safe_url(url: str) -> str:
+    """The URL without user:password and query (those may carry secrets)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import yaml
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from comfyui_sidecar import jsonbody
@@ -248,7 +248,8 @@ async def docs_html(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     is_ready(request.app)
-    data = generate_latest(request.app[METRICS_KEY].registry)
+    # The app's own registry, then the process-wide one (cache metrics, process_* and python_* collectors).
+    data = generate_latest(request.app[METRICS_KEY].registry) + generate_latest(REGISTRY)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

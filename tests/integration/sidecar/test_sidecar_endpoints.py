@@ -169,3 +169,5 @@ async def test_metrics_expose_requests_queue_depth_and_ready(
     assert "comfyui_api_queue_depth 0.0" in text
     assert "comfyui_api_ready 1.0" in text
     assert 'comfyui_api_build_info{version="1.18.0"} 1.0' in text
+    assert "comfyui_api_model_cache_bytes " in text  # the cache's metrics live in the default registry
+    assert "process_resident_memory_bytes " in text

@@ -180,7 +180,7 @@ def test_runbooks_exist_for_every_alert(render: Render) -> None:
 
 
 def test_every_replica_is_probed_on_healthz(render: Render) -> None:
-    """A standby replica (waiting for the Lease) serves /healthz too, so one probe path fits any replica count."""
+    """A standby replica (waiting for the Lease) serves /healthz too: one probe path for any replica count."""
     for sets in ([], ["replicaCount=2"]):
         container = one(render(sets=sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):

@@ -23,8 +23,8 @@ from comfyui_sidecar.cache.folders import extra_model_paths_yaml, known_folders
 from comfyui_sidecar.cache.naming import url_hash
 from comfyui_standin.models import safetensors_bytes
 from comfyui_standin.testing import run_standin
-from conftest import RunningSidecar, run_sidecar, sidecar_settings
 from PIL import Image
+from sidecar_harness import RunningSidecar, run_sidecar, sidecar_settings
 
 
 def png_bytes(size: tuple[int, int] = (4, 4)) -> bytes:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from comfyui_standin.testing import RunningStandin
-from conftest import (
+from sidecar_harness import (
     RunningSidecar,
     WebhookReceiver,
     empty_image_prompt,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import yaml
-from conftest import RunningSidecar, empty_image_prompt
+from sidecar_harness import RunningSidecar, empty_image_prompt
 
 
 async def test_health_and_ready_answer_with_the_contract_shape(
@@ -106,7 +106,7 @@ async def test_wrong_content_type_is_415_in_fastify_shape(
 
 
 async def test_oversized_body_is_413(standin, http: aiohttp.ClientSession) -> None:  # type: ignore[no-untyped-def]
-    from conftest import run_sidecar, sidecar_settings
+    from sidecar_harness import run_sidecar, sidecar_settings
 
     async with run_sidecar(sidecar_settings(standin.url, standin.dirs, max_body_size_mb=1)) as small:
         payload = b'{"prompt": "' + b"a" * (1024 * 1024 + 10) + b'"}'

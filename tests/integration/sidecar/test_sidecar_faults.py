@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from comfyui_sidecar.app import COMFY_KEY
 from comfyui_standin.testing import StandinProcess, run_standin
-from conftest import TcpProxy, empty_image_prompt, run_sidecar, sidecar_settings, wait_until
+from sidecar_harness import TcpProxy, empty_image_prompt, run_sidecar, sidecar_settings, wait_until
 
 
 def slow_prompt(seconds: float, steps: int = 10) -> dict[str, object]:

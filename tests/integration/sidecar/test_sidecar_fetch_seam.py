@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 from comfyui_sidecar.fetching import Credential, Fetch, FetchError
 from comfyui_standin.testing import RunningStandin, write_png
-from conftest import run_sidecar, sidecar_settings
+from sidecar_harness import run_sidecar, sidecar_settings
 
 
 class RecordingFetcher:

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 from comfyui_sidecar.app import LIFECYCLE_KEY
 from comfyui_standin.testing import RunningStandin, free_port
-from conftest import empty_image_prompt, run_sidecar, sidecar_settings, wait_until
+from sidecar_harness import empty_image_prompt, run_sidecar, sidecar_settings, wait_until
 
 
 def slow_prompt(seconds: float) -> dict[str, object]:

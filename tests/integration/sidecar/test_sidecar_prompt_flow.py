@@ -9,8 +9,8 @@ import os
 
 import aiohttp
 from comfyui_standin.testing import write_png
-from conftest import RunningSidecar, empty_image_prompt
 from PIL import Image
+from sidecar_harness import RunningSidecar, empty_image_prompt
 
 
 def png_b64(size: tuple[int, int] = (20, 10), color: tuple[int, int, int] = (10, 200, 30)) -> str:
@@ -66,7 +66,7 @@ async def test_default_id_is_a_uuid_and_prepend_false_replaces_the_prefix(
     standin,
     http: aiohttp.ClientSession,  # type: ignore[no-untyped-def]
 ) -> None:
-    from conftest import run_sidecar, sidecar_settings
+    from sidecar_harness import run_sidecar, sidecar_settings
 
     async with run_sidecar(sidecar_settings(standin.url, standin.dirs, prepend_filenames=False)) as sc:
         status, body = await post(http, sc, {"prompt": empty_image_prompt()})

@@ -1,0 +1,67 @@
+"""Scenario 9: the operator SIGKILLed mid-reconcile and restarted converges; two operator processes at once
+act once (the audit log tells their tokens apart), and the standby takes over when the active one dies."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import Operators, wait_operator_ready
+from k8s_expected import chart_settings, differences_from_builders
+from k8s_instances import instance, owned_by, wait_ready
+from k8s_kubectl import Kubectl, wait_for
+from k8s_observe import AuditEvent, AuditLog, writes
+from k8s_operator import OperatorProcess
+
+OWNED_KINDS = ("deployments", "services", "configmaps", "poddisruptionbudgets")
+
+
+def _writes_in(audit: AuditLog, user: str, namespace: str) -> list[AuditEvent]:
+    return [e for e in writes(audit.since_mark(), user) if e.namespace == namespace]
+
+
+def test_killed_mid_reconcile_then_restarted_converges(kubectl: Kubectl, operator: OperatorProcess,
+                                                       operators: Operators, namespace: str,
+                                                       audit: AuditLog) -> None:
+    audit.mark()
+    kubectl.apply([instance("phoenix", replicas=2)], namespace)
+    first = wait_for(lambda: _writes_in(audit, operators.user, namespace), timeout=60, interval=0.02,
+                     what="the operator's first write for the new instance")
+    operator.kill()
+    assert not operator.running
+    killed_after = [e.describe() for e in first]
+
+    operator.start()
+    wait_operator_ready(operator)
+    live = wait_ready(kubectl, "phoenix", namespace, timeout=120)
+    for kind in OWNED_KINDS:
+        owned = [o for o in kubectl.items(kind, namespace) if owned_by(o, live)]
+        assert len(owned) == 1, f"{kind}: {len(owned)} owned after the restart (killed after {killed_after})"
+    assert differences_from_builders(kubectl, live, chart_settings(operators.release.deployment)) == []
+
+
+def test_two_operators_act_once_and_fail_over(kubectl: Kubectl, operator: OperatorProcess,
+                                              operators: Operators, namespace: str, audit: AuditLog) -> None:
+    second = operators.spawn("operator-1")
+    try:
+        wait_operator_ready(second, standby_ok=True)
+        audit.mark()
+        kubectl.apply([instance("twins", replicas=2)], namespace)
+        wait_ready(kubectl, "twins", namespace)
+        time.sleep(3)
+        made = [e for e in _writes_in(audit, operators.user, namespace) if e.resource != "leases"]
+        assert made, "no write by the operators at all"
+        assert all(e.credential for e in made), "the audit log does not name the credential of each request"
+        writers = {e.credential for e in made}
+        assert len(writers) == 1, f"both operator processes wrote: {sorted({e.describe() for e in made})}"
+        assert writers <= {operator.credential, second.credential}
+
+        active = operator if writers == {operator.credential} else second
+        standby = second if active is operator else operator
+        active.kill()
+        audit.mark()
+        kubectl.apply([instance("twins-after-failover")], namespace)
+        wait_ready(kubectl, "twins-after-failover", namespace, timeout=120)
+        later = {e.credential for e in _writes_in(audit, operators.user, namespace) if e.resource != "leases"}
+        assert later == {standby.credential}
+    finally:
+        second.stop()

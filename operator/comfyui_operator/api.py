@@ -562,7 +562,9 @@ class ComfyUIInstanceSpec(ApiModel):
     )
     node_selector: StringMap | None = Field(default=None, description="Node labels the pods require.")
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = Field(
-        default=None, description="Tolerations, e.g. for tainted GPU nodes."
+        default=None,
+        description="Tolerations. Pods that request GPUs also tolerate the GPU resource's taint "
+        "(key = gpu.resourceName, NoSchedule) unless a toleration for that key is given here.",
     )
     affinity: FreeObject | None = Field(default=None, description="A Kubernetes Affinity.")
     topology_spread_constraints: Annotated[list[FreeObject], Field(max_length=8)] | None = Field(

@@ -414,6 +414,20 @@ def _topology_spread(instance: InstanceRef, spec: api.ComfyUIInstanceSpec) -> li
     return out
 
 
+def build_tolerations(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
+    """The spec's tolerations, plus one for the GPU resource's taint when GPUs are requested.
+
+    GPU nodes are commonly tainted with the resource name (e.g. `nvidia.com/gpu=present:NoSchedule`), as the
+    ExtendedResourceToleration admission plugin assumes; a pod that asks for GPUs tolerates that taint, unless
+    the spec already has a toleration for that key.
+    """
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []]
+    gpu = spec.comfyui.gpu
+    if gpu.count > 0 and not any(t.get("key") == gpu.resource_name for t in tolerations):
+        tolerations.append({"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
 def build_pod_spec(
     instance: InstanceRef, spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -439,8 +453,7 @@ def build_pod_spec(
         "serviceAccountName": spec.service_account_name,
         "imagePullSecrets": [{"name": ref.name} for ref in spec.image_pull_secrets or []] or None,
         "nodeSelector": dict(sorted(spec.node_selector.items())) if spec.node_selector else None,
-        "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []]
-        or None,
+        "tolerations": build_tolerations(spec) or None,
         "affinity": spec.affinity,
         "topologySpreadConstraints": _topology_spread(instance, spec) or None,
         "priorityClassName": spec.priority_class_name,

@@ -23,10 +23,16 @@ REQUEST_TIMEOUT_SECONDS = 30
 class KubeError(Exception):
     """An API call failed; `status` is the HTTP status (0 for connection errors)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.causes = causes  # `details.causes[].type` of the server's Status, e.g. "NamespaceTerminating"
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Creating an object in a namespace being deleted: not a permission problem, nothing to do."""
+        return self.status == 403 and "NamespaceTerminating" in self.causes
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class Kube:
         if response.status == 404:
             return None
         if response.status >= 300:
-            raise KubeError(response.status, _error_message(raw))
+            raise KubeError(response.status, _error_message(raw), _error_causes(raw))
         return json.loads(raw) if raw else {}
 
     async def _request(
@@ -164,6 +170,18 @@ class Kube:
             "PUT", KINDS[obj["kind"]].path(meta["namespace"], meta["name"]), None, dict(obj)
         )
         return result or {}
+
+
+def _error_causes(raw: bytes) -> tuple[str, ...]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return ()
+    details = body.get("details") if isinstance(body, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if not isinstance(causes, list):
+        return ()
+    return tuple(str(c.get("type")) for c in causes if isinstance(c, dict) and c.get("type"))
 
 
 def _error_message(raw: bytes) -> str:

@@ -173,6 +173,10 @@ class Reconciler:
                 self._remember(key, instance.generation, problems)
                 await self.refresh(body, spec)
             except KubeError as exc:
+                if exc.namespace_terminating:
+                    logger.info("namespace %s is being deleted; nothing to converge for %s", *key)
+                    metrics.record_result("namespace_terminating")
+                    return []
                 metrics.record_result("error", critical=exc.status in CRITICAL_STATUSES)
                 raise
             except Exception:

@@ -124,6 +124,19 @@ def test_gpu_goes_to_requests_and_limits() -> None:
     assert no_gpu == {}
 
 
+def test_gpu_pods_tolerate_the_gpu_taint_unless_the_spec_says_otherwise() -> None:
+    gpu = _deployment(_minimal(comfyui={"gpu": {"count": 1, "resourceName": "amd.com/gpu"}}))
+    assert gpu["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    own = {"key": "amd.com/gpu", "operator": "Equal", "value": "mi300", "effect": "NoSchedule"}
+    amd = {"gpu": {"count": 1, "resourceName": "amd.com/gpu"}}
+    custom = _deployment(_minimal(comfyui=amd, tolerations=[own]))
+    assert custom["spec"]["template"]["spec"]["tolerations"] == [own]
+    cpu = _deployment(_minimal(comfyui={"gpu": {"count": 0}}))
+    assert "tolerations" not in cpu["spec"]["template"]["spec"]
+
+
 def test_models_read_only_and_cache_writable_only_for_the_sidecar() -> None:
     deployment = _deployment(_minimal(models={"claimName": "shared", "subPath": "sd"}))
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from comfyui_operator import api, metrics, reconcile, status
+from comfyui_operator import kube as kube_module
 from comfyui_operator.kube import KubeError
 from comfyui_operator.reconcile import Debouncer, Reconciler, Reference
 from operator_testlib import fixed_settings
@@ -302,3 +303,28 @@ async def test_refresh_of_an_unparsable_spec_does_not_crash(kube: MemoryKube, re
     store(kube, instance({"replicas": "many", "podLabels": {"app.kubernetes.io/x": "y"}}))
     await reconciler.refresh_by_name("ns", "demo")
     assert kube.status_writes[-1]["replicas"] == 0
+
+
+async def test_namespace_being_deleted_is_a_quiet_no_op(
+    kube: MemoryKube, reconciler: Reconciler, events: list[tuple[str, str, str]]
+) -> None:
+    terminating = KubeError(
+        403, "unable to create new content in namespace ns: it is being terminated", ("NamespaceTerminating",)
+    )
+    kube.refuse["ConfigMap"] = terminating
+    store(kube, instance({}))
+    writes_before = len(kube.status_writes)
+    assert await reconciler.reconcile(current(kube)) == []
+    assert len(kube.status_writes) == writes_before  # no status write, no Event, not a health problem
+    assert events == []
+    assert metrics.HEALTH._value.get() == metrics.HEALTHY
+
+
+def test_kube_error_reads_the_status_causes() -> None:
+    body = (
+        b'{"kind":"Status","status":"Failure","reason":"Forbidden","code":403,"message":"being terminated",'
+        b'"details":{"name":"x","kind":"deployments","causes":[{"type":"NamespaceTerminating","message":"m"}]}}'
+    )
+    assert kube_module._error_causes(body) == ("NamespaceTerminating",)
+    assert kube_module._error_causes(b"not json") == ()
+    assert not KubeError(403, "configmaps is forbidden").namespace_terminating

@@ -27,7 +27,7 @@ class KubeError(Exception):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
-        self.causes = causes  # `details.causes[].type` of the server's Status, e.g. "NamespaceTerminating"
+        self.causes = causes  # `details.causes[].reason` of the server's Status, e.g. "NamespaceTerminating"
 
     @property
     def namespace_terminating(self) -> bool:
@@ -181,7 +181,8 @@ def _error_causes(raw: bytes) -> tuple[str, ...]:
     causes = details.get("causes") if isinstance(details, dict) else None
     if not isinstance(causes, list):
         return ()
-    return tuple(str(c.get("type")) for c in causes if isinstance(c, dict) and c.get("type"))
+    # A StatusCause's type is serialized as "reason".
+    return tuple(str(c.get("reason")) for c in causes if isinstance(c, dict) and c.get("reason"))
 
 
 def _error_message(raw: bytes) -> str:

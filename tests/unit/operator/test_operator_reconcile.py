@@ -323,7 +323,7 @@ async def test_namespace_being_deleted_is_a_quiet_no_op(
 def test_kube_error_reads_the_status_causes() -> None:
     body = (
         b'{"kind":"Status","status":"Failure","reason":"Forbidden","code":403,"message":"being terminated",'
-        b'"details":{"name":"x","kind":"deployments","causes":[{"type":"NamespaceTerminating","message":"m"}]}}'
+        b'"details":{"name":"x","kind":"deployments","causes":[{"reason":"NamespaceTerminating","message":"m"}]}}'
     )
     assert kube_module._error_causes(body) == ("NamespaceTerminating",)
     assert kube_module._error_causes(b"not json") == ()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import CRD_NAME, Release
 from k8s_kubectl import Helm, Kubectl
+from k8s_session import CRD_NAME, Release
 
 
 def test_chart_installs_an_established_crd_with_subresources(release: Release, kubectl: Kubectl) -> None:

@@ -4,7 +4,6 @@ the model PVC read-only, cache emptyDirs with their size limits, status Ready, p
 from __future__ import annotations
 
 import pytest
-from conftest import Operators
 from k8s_cluster import GPU_RESOURCE
 from k8s_expected import chart_settings, differences_from_builders
 from k8s_instances import (
@@ -19,6 +18,7 @@ from k8s_instances import (
 )
 from k8s_kubectl import Kubectl, Manifest
 from k8s_operator import OperatorProcess
+from k8s_session import Operators
 
 
 def _gpu_nodes(kubectl: Kubectl) -> set[str]:

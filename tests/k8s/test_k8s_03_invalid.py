@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Release
 from k8s_instances import EXAMPLES, RESOURCE, in_namespace, load_documents
 from k8s_kubectl import Kubectl, Manifest, dump_manifests, wait_for
 from k8s_operator import OperatorProcess
+from k8s_session import Release
 
 ALL_INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 from comfyui_operator.builders import CONFIG_HASH_ANNOTATION
-from conftest import Operators
 from k8s_instances import RESOURCE, instance, pod_ready, wait_ready
 from k8s_kubectl import Kubectl, Manifest, wait_for
 from k8s_observe import AuditEvent, AuditLog, writes
 from k8s_operator import OperatorProcess
+from k8s_session import Operators
 
 QUIET_SECONDS = 12.0
 OWNED_KINDS = ("deployment", "service", "configmap", "poddisruptionbudget")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-from conftest import Operators, wait_operator_ready
 from k8s_expected import chart_settings, differences_from_builders
 from k8s_instances import instance, owned_by, wait_ready
 from k8s_kubectl import Kubectl, wait_for
 from k8s_observe import AuditEvent, AuditLog, writes
 from k8s_operator import OperatorProcess
+from k8s_session import Operators, wait_operator_ready
 
 OWNED_KINDS = ("deployments", "services", "configmaps", "poddisruptionbudgets")
 

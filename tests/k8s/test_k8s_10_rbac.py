@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 
 from comfyui_operator import rbac
-from conftest import Operators, Release
 from k8s_kubectl import Kubectl
 from k8s_observe import AuditLog, denied_by_rbac, forbidden
 from k8s_operator import forbidden_lines, service_account_user
+from k8s_session import Operators, Release
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 _ROW = re.compile(r"^(\S*)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$")

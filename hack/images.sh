@@ -90,3 +90,6 @@ for c in "${components[@]}"; do
     *) die "unknown image '$c' (operator or sidecar)" ;;
   esac
 done
+# Rebuilds leave the previous images (and their build stages) untagged; drop them so repeated runs do not
+# fill the disk. Only dangling images go: tagged ones, such as a user's, are kept.
+"$DOCKER" image prune -f >/dev/null 2>&1 || log "could not prune dangling images (not an error)"

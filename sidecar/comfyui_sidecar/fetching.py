@@ -89,12 +89,43 @@ class Fetch:
 
 
 class FetchError(Exception):
-    """A fetch that failed for a reason the client should see (message is safe to return; no secrets)."""
+    """A fetch that failed for a reason the client should see (message is safe to return; no secrets).
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    `item` is the prompt input that failed, when the fetcher knows it (see `describe_failure`).
+    """
+
+    def __init__(self, message: str, *, status: int = 400, item: Fetch | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.item = item
+
+
+_MEDIA_NOUNS = {"image": "image", "video": "video", "file": "video", "audio": "audio"}
+
+
+def describe_failure(error: FetchError) -> tuple[str, str]:
+    """The client-facing (message, location) of a failed fetch, worded as comfyui-api does (contract 2.4):
+
+    `Failed to download image for node 3: <cause>` at `prompt.3.inputs.image`, and
+    `Failed to process model for node 4: <cause>` at `prompt.4.inputs`.
+    """
+    item = error.item
+    if item is None:
+        return error.message, "prompt"
+    node = item.node_id
+    if item.kind == "model":
+        return f"Failed to process model for node {node}: {error.message}", f"prompt.{node}.inputs"
+    if item.index is not None:
+        return (
+            f"Failed to download images for node {node}: {error.message}",
+            f"prompt.{node}.inputs.{item.input_name}",
+        )
+    noun = _MEDIA_NOUNS.get(item.input_name, "file")
+    return (
+        f"Failed to download {noun} for node {node}: {error.message}",
+        f"prompt.{node}.inputs.{item.input_name}",
+    )
 
 
 class Fetcher(Protocol):

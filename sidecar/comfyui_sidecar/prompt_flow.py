@@ -22,7 +22,7 @@ from typing import Any
 
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
 from comfyui_sidecar.convert import convert_image
-from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched
+from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
 from comfyui_sidecar.jsonbody import Base64List, Base64Str
 from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import Metrics
@@ -255,7 +255,8 @@ class PromptService:
                 self.fetcher.pin(rewritten.fetches, request.credentials or [])
             )
         except FetchError as error:
-            raise PrepareError(error.message, "prompt", error.status) from None
+            message, location = describe_failure(error)
+            raise PrepareError(message, location, error.status) from None
         prompt = apply_fetched(rewritten.prompt, resolved) if resolved else rewritten.prompt
         if rewritten.directories:
             prompt = finish_directories(prompt, rewritten.directories)

@@ -310,11 +310,13 @@ class ModelCache:
         )
         pinned = [r for r in results if isinstance(r, Entry)]
         try:
-            for result in results:
+            for url, result in zip(urls, results, strict=True):
+                if isinstance(result, FetchError) and result.item is None:
+                    result.item = next(item for item in items if item.url == url)
                 if isinstance(result, BaseException):
                     raise result
             by_url = dict(zip(urls, pinned, strict=True))
-            resolved = {item: self._link_item(by_url[item.url], item) for item in items}
+            resolved = {item: self._link_item_or_fail(by_url[item.url], item) for item in items}
             yield resolved
         finally:
             for entry in pinned:
@@ -549,6 +551,13 @@ class ModelCache:
         blob.unlink(missing_ok=True)
 
     # -- links --------------------------------------------------------------------------------------------
+
+    def _link_item_or_fail(self, entry: Entry, item: Fetch) -> str:
+        try:
+            return self._link_item(entry, item)
+        except FetchError as error:
+            error.item = error.item or item
+            raise
 
     def _link_item(self, entry: Entry, item: Fetch) -> str:
         if item.kind == "model":

@@ -83,6 +83,22 @@ async def test_standin_loads_the_downloaded_model_by_its_rewritten_name(
     assert out.size == (12, 12)  # the x3 model from the cache was really used
 
 
+async def test_a_missing_model_url_names_the_node_like_comfyui_api(
+    stack: RunningSidecar, file_server: FileServer
+) -> None:
+    file_server.add("in.png", png_bytes(), ctype="image/png")
+    prompt = upscale_prompt(file_server.url("/files/in.png"), file_server.url("/files/gone.safetensors"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{stack.url}/prompt", json={"prompt": prompt}) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 400, body
+    assert body["location"] == "prompt.2.inputs"
+    assert body["error"].startswith("Failed to process model for node 2: Error downloading file: ")
+    assert "Not Found" in body["error"]
+
+
 async def test_sixteen_concurrent_prompts_with_one_new_url_cause_one_get(
     stack: RunningSidecar, file_server: FileServer
 ) -> None:

@@ -93,6 +93,23 @@ async def test_fetch_error_is_400_with_its_message(
         assert await r.json() == {"error": "Error downloading file: Not Found", "location": "prompt"}
 
 
+async def test_fetch_error_names_the_failing_input_like_comfyui_api(
+    standin: RunningStandin, http: aiohttp.ClientSession
+) -> None:
+    item = Fetch("https://models.example/pic.png", "1", "image", "input", "")
+    fetcher = FailingFetcher(FetchError("Error downloading file: Not Found", item=item))
+    settings = sidecar_settings(standin.url, standin.dirs)
+    async with (
+        run_sidecar(settings, fetcher=fetcher) as sc,
+        http.post(f"{sc.url}/prompt", json={"prompt": url_prompt()}) as r,
+    ):
+        assert r.status == 400
+        assert await r.json() == {
+            "error": "Failed to download image for node 1: Error downloading file: Not Found",
+            "location": "prompt.1.inputs.image",
+        }
+
+
 async def test_unexpected_crash_is_a_json_500(standin: RunningStandin, http: aiohttp.ClientSession) -> None:
     fetcher = FailingFetcher(RuntimeError("disk on fire"))
     async with run_sidecar(sidecar_settings(standin.url, standin.dirs), fetcher=fetcher) as sc:

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from comfyui_operator import api, builders
+from comfyui_operator.kube import KubeError
 from comfyui_operator.reconcile import RETRIED_REASONS, Debouncer, Reconciler, retry_delay
 from comfyui_operator.settings import OperatorSettings
 
@@ -57,7 +58,10 @@ def register(
     @kopf.on.create(*resource, id="converge", registry=registry)
     @kopf.on.update(*resource, id="converge", field="spec", registry=registry)
     async def converge(body: kopf.Body, retry: int, **_: Any) -> None:
-        problems = await reconciler.reconcile(body)
+        try:
+            problems = await reconciler.reconcile(body)
+        except KubeError as exc:  # API unreachable, 5xx, forbidden: a clear log line, retried with backoff
+            raise kopf.TemporaryError(str(exc), delay=retry_delay(retry, settings)) from exc
         retried = [problem.message for problem in problems if problem.reason in RETRIED_REASONS]
         if retried:
             raise kopf.TemporaryError("; ".join(retried), delay=retry_delay(retry, settings))
@@ -72,9 +76,11 @@ def register(
     async def periodic_refresh(body: kopf.Body, meta: kopf.Meta, **_: Any) -> None:
         refresher.schedule(str(meta["namespace"]), str(meta["name"]))
 
-    @kopf.on.delete(*resource, id="forget", optional=True, registry=registry)
-    async def forget(meta: kopf.Meta, **_: Any) -> None:
-        reconciler.forget(str(meta["namespace"]), str(meta["name"]))
+    # A watch event, not an on.delete handler: without a finalizer kopf never calls deletion handlers.
+    @kopf.on.event(*resource, id="forget", registry=registry)
+    async def forget(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            reconciler.forget(str(meta["namespace"]), str(meta["name"]))
 
     @kopf.on.event(
         "apps", "v1", "deployments", id="deployment_changed", labels=MANAGED_LABELS, registry=registry

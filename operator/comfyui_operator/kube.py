@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client, config
 
 from comfyui_operator import api
@@ -105,9 +106,11 @@ class Kube:
                 post_params=post,
                 _request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
+            raw = response.read()  # type: ignore[no-untyped-call]
         except client.ApiException as exc:
             raise KubeError(exc.status or 0, str(exc.reason)) from exc
-        raw = response.read()  # type: ignore[no-untyped-call]
+        except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out: no answer at all
+            raise KubeError(0, f"{type(exc).__name__}: {exc}"[:500]) from exc
         if response.status == 404:
             return None
         if response.status >= 300:

@@ -93,6 +93,7 @@ class LeaderElector:
     duration_seconds: int
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     lost: bool = False
+    other_holder: str | None = None  # who held the Lease at the last attempt that found it taken
 
     @property
     def retry_seconds(self) -> float:
@@ -105,6 +106,7 @@ class LeaderElector:
             now = self.clock()
             decision = decide(lease, self.identity, now)
             if decision == "wait":
+                self.other_holder = str((lease or {}).get("spec", {}).get("holderIdentity"))
                 return False
             body = lease_body(
                 self.namespace,
@@ -147,18 +149,27 @@ class LeaderElector:
         return False
 
     async def keep_leading(self, stop: asyncio.Event) -> None:
-        """Renew until `stop` is set; set `stop` when the Lease could not be renewed before it expired."""
-        last_renewal = self.clock()
+        """Renew until `stop` is set; set `stop` when the Lease is lost: another replica holds it, or it could
+        not be renewed before it expired (a renewal that hangs is abandoned at that moment)."""
+        expires = self.clock() + timedelta(seconds=self.duration_seconds)
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.retry_seconds)
                 return
             except TimeoutError:
                 pass
-            if await self.try_acquire():
-                last_renewal = self.clock()
-            elif self.clock() - last_renewal > timedelta(seconds=self.duration_seconds):
-                logger.error("lost the lease %s/%s; stopping", self.namespace, self.name)
+            attempt = self.clock()
+            remaining = (expires - attempt).total_seconds()
+            self.other_holder = None
+            try:
+                renewed = remaining > 0 and await asyncio.wait_for(self.try_acquire(), timeout=remaining)
+            except TimeoutError:
+                renewed = False
+            if renewed:
+                expires = attempt + timedelta(seconds=self.duration_seconds)
+            elif self.other_holder is not None or self.clock() >= expires:
+                holder = f"now held by {self.other_holder}" if self.other_holder else "expired"
+                logger.error("lost the lease %s/%s (%s); stopping", self.namespace, self.name, holder)
                 self.lost = True
                 stop.set()
                 return

@@ -297,30 +297,41 @@ def _images(deployment: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 class Debouncer:
-    """Coalesces bursts of watch events into one refresh per instance (at most one pending task each)."""
+    """Coalesces bursts of watch events into one refresh per instance: at most one task per instance, so
+    refreshes of one instance never overlap (an older observation can not overwrite a newer status)."""
+
+    # Refreshes run back to back while events keep arriving; past this the periodic refresh takes over.
+    MAX_BACK_TO_BACK = 30
 
     def __init__(self, action: Callable[[str, str], Any], delay_seconds: float = 1.0) -> None:
         self._action = action
         self._delay = delay_seconds
         self._pending: dict[Key, asyncio.Task[None]] = {}
+        self._again: set[Key] = set()  # scheduled while its refresh was running: refresh once more
 
     def schedule(self, namespace: str, name: str) -> bool:
-        """Schedule a refresh; False when one is already pending for this instance."""
+        """Schedule a refresh; False when one is already pending (or running) for this instance."""
         key = (namespace, name)
         if key in self._pending:
+            self._again.add(key)
             return False
         self._pending[key] = asyncio.create_task(self._run(key))
         return True
 
     async def _run(self, key: Key) -> None:
         try:
-            await asyncio.sleep(self._delay)
+            for _ in range(self.MAX_BACK_TO_BACK):
+                await asyncio.sleep(self._delay)
+                self._again.discard(key)  # the refresh below sees everything that happened until now
+                try:
+                    await self._action(*key)
+                except Exception:
+                    logger.exception("status refresh of %s/%s failed", *key)
+                if key not in self._again:
+                    return
         finally:
             self._pending.pop(key, None)
-        try:
-            await self._action(*key)
-        except Exception:
-            logger.exception("status refresh of %s/%s failed", *key)
+            self._again.discard(key)
 
     async def close(self) -> None:
         tasks = list(self._pending.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -73,7 +74,7 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not name.replace("-", "a").isalnum() or not name.islower() or len(name) > 63:
+            if len(name) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):  # DNS-1123 label
                 raise ValueError(f"{name!r} is not a namespace name")
         return value
 

@@ -4,6 +4,7 @@ reads answers. The server here only records requests and replays canned answers.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -99,3 +100,17 @@ async def test_delete_and_create(server: tuple[Kube, Recorded, dict[str, Any]]) 
     answers["PUT /apis/coordination.k8s.io/v1/namespaces/ns/leases/l"] = (409, {"message": "conflict"})
     with pytest.raises(KubeError):
         await kube.replace(lease)
+
+
+async def test_no_connection_is_a_kube_error_with_status_0() -> None:
+    """Refused connections (API server down, network cut) must raise KubeError, which the leader elector and
+    the reconciler handle, not a raw urllib3 error that kills the Lease renewal task."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connections are refused
+        configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
+        configuration.retries = 0
+        kube = Kube(client.ApiClient(configuration))
+        with pytest.raises(KubeError) as info:
+            await kube.get("Lease", "ns", "l")
+    assert info.value.status == 0

@@ -140,3 +140,36 @@ async def test_release_lets_a_standby_take_over_at_once() -> None:
     assert store.lease is not None
     assert "holderIdentity" not in store.lease["spec"]
     assert await second.try_acquire() is True
+
+
+async def test_a_lease_taken_over_mid_run_stops_the_leader_at_once() -> None:
+    """Another replica holds the Lease (it expired by that replica's clock): this one must not keep acting."""
+    store = LeaseStore()
+    clock = [NOW]
+    elector = LeaderElector(store, "ns", "l", "me", 3, clock=lambda: clock[0])  # type: ignore[arg-type]
+    assert await elector.try_acquire() is True
+    assert store.lease is not None
+    store.lease["spec"]["holderIdentity"] = "other"  # taken over; our clock says our Lease is still valid
+    stop = asyncio.Event()
+    await asyncio.wait_for(elector.keep_leading(stop), timeout=5)
+    assert stop.is_set()
+    assert elector.lost is True
+
+
+async def test_a_hanging_renewal_is_abandoned_when_the_lease_expires() -> None:
+    """The API call never answers (network cut): the leader stops when its Lease expires, not when the call
+    times out."""
+
+    class HangingStore(LeaseStore):
+        async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+            if self.fail:
+                await asyncio.sleep(3600)
+            return await super().get(kind, namespace, name)
+
+    store = HangingStore()
+    elector = LeaderElector(store, "ns", "l", "me", 2)  # type: ignore[arg-type]
+    assert await elector.try_acquire() is True
+    store.fail = True
+    stop = asyncio.Event()
+    await asyncio.wait_for(elector.keep_leading(stop), timeout=10)
+    assert elector.lost is True

@@ -8,8 +8,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import kopf
 import pytest
-from comfyui_operator import api, metrics, reconcile, status
+from comfyui_operator import api, handlers, metrics, reconcile, status
 from comfyui_operator import kube as kube_module
 from comfyui_operator.kube import KubeError
 from comfyui_operator.reconcile import Debouncer, Reconciler, Reference
@@ -328,3 +329,79 @@ def test_kube_error_reads_the_status_causes() -> None:
     assert kube_module._error_causes(body) == ("NamespaceTerminating",)
     assert kube_module._error_causes(b"not json") == ()
     assert not KubeError(403, "configmaps is forbidden").namespace_terminating
+
+
+async def test_a_deleted_instance_is_forgotten(kube: MemoryKube, reconciler: Reconciler) -> None:
+    """kopf calls no deletion handler for an object without its finalizer, so the operator forgets an instance
+    (problems, the instances gauge) on the watch's DELETED event."""
+    registry = kopf.OperatorRegistry()
+    refresher = handlers.register(registry, reconciler, fixed_settings())
+    store(kube, instance({"replicas": 0}))
+    await reconciler.reconcile(current(kube))
+    assert sum(reconciler.tracker.counts().values()) == 1
+    raw: Any = current(kube)
+    meta = kopf.Body(raw).meta
+    watching: dict[str, Any] = {str(h.id): h.fn for h in registry._watching.get_all_handlers()}
+    modified: Any = {"type": "MODIFIED", "object": current(kube)}
+    await watching["forget"](event=modified, meta=meta)
+    assert sum(reconciler.tracker.counts().values()) == 1
+    deleted: Any = {"type": "DELETED", "object": current(kube)}
+    await watching["forget"](event=deleted, meta=meta)
+    assert sum(reconciler.tracker.counts().values()) == 0
+    assert ("ns", "demo") not in reconciler._problems
+    await refresher.close()
+
+
+async def test_debouncer_never_runs_two_refreshes_of_one_instance_at_once() -> None:
+    """An event during a slow refresh must not start a second, overlapping refresh (whose older observation
+    could overwrite the newer status); it gets exactly one more refresh afterwards."""
+    running = 0
+    most = 0
+    calls = 0
+    release = asyncio.Event()
+
+    async def action(namespace: str, name: str) -> None:
+        nonlocal running, most, calls
+        running += 1
+        calls += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+
+    debouncer = Debouncer(action, delay_seconds=0.01)
+    debouncer.schedule("ns", "a")
+    for _ in range(200):
+        if calls == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert calls == 1
+    for _ in range(5):
+        debouncer.schedule("ns", "a")  # events while the refresh is still running
+        await asyncio.sleep(0.05)
+    assert most == 1
+    release.set()
+    for _ in range(200):
+        if debouncer.pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert (calls, most, debouncer.pending) == (2, 1, 0)
+
+
+async def test_an_api_error_in_converge_is_retried_with_backoff(
+    kube: MemoryKube, reconciler: Reconciler
+) -> None:
+    """kopf retries any other exception after a fixed 60 s and logs a stack trace; an API error becomes a
+    TemporaryError with the operator's growing delay instead."""
+    registry = kopf.OperatorRegistry()
+    settings = fixed_settings(retry_base_seconds=10, retry_max_seconds=300)
+    refresher = handlers.register(registry, reconciler, settings)
+    converge = next(h.fn for h in registry._changing.get_all_handlers() if h.id == "converge")
+    kube.refuse["ConfigMap"] = KubeError(503, "etcdserver: request timed out")
+    raw: Any = store(kube, instance({}))
+    call: Any = converge
+    for retry, delay in ((0, 10), (3, 80)):
+        with pytest.raises(kopf.TemporaryError) as info:
+            await call(body=kopf.Body(raw), retry=retry)
+        assert info.value.delay == delay
+        assert "etcdserver: request timed out" in str(info.value)
+    await refresher.close()

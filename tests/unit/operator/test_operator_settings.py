@@ -50,6 +50,9 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("COMFYUI_OPERATOR_LOG_FORMAT", "xml"),
         ("COMFYUI_OPERATOR_NAMESPACES", "Bad_Namespace"),
+        ("COMFYUI_OPERATOR_NAMESPACES", "-ai"),
+        ("COMFYUI_OPERATOR_NAMESPACES", "ai-"),
+        ("COMFYUI_OPERATOR_NAMESPACES", "caf\u00e9"),
         ("COMFYUI_OPERATOR_METRICS_PORT", "70000"),
         ("COMFYUI_OPERATOR_COMFYUI_WORKDIR", "relative/dir"),
         ("COMFYUI_OPERATOR_LEASE_DURATION_SECONDS", "1"),
@@ -61,6 +64,11 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, val
         load_settings()
     field = name.removeprefix("COMFYUI_OPERATOR_").lower()
     assert field in str(info.value)
+
+
+def test_numeric_namespace_names_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMFYUI_OPERATOR_NAMESPACES", "2024,team-7")
+    assert load_settings().namespaces == ["2024", "team-7"]
 
 
 def test_settings_are_immutable() -> None:

@@ -315,8 +315,11 @@ class _Response:
                     req_headers["If-Range"] = self.state.validator
             resp = await self.d.session.get(current, headers=req_headers, allow_redirects=False)
             if resp.status in REDIRECT_STATUSES and "Location" in resp.headers:
-                location = urljoin(current, resp.headers["Location"])
                 resp.release()
+                try:
+                    location = urljoin(current, resp.headers["Location"])
+                except ValueError:
+                    raise DownloadError(f"Invalid URL in a redirect from {redact_url(current)}") from None
                 if not _same_origin(origin, location):
                     headers = {}  # never send credentials to another origin
                 current = location

@@ -64,7 +64,10 @@ def download_routes(cache: ModelCache) -> list[web.RouteDef]:
         except ValidationError as exc:
             message, location = _validation_message(exc)
             return _error(message, location=location)
-        parts = urlsplit(req.url)
+        try:
+            parts = urlsplit(req.url)
+        except ValueError as exc:
+            return _error(f"Invalid URL: {exc}", location="body.url")
         if not parts.scheme or not parts.netloc:
             return _error(f"Invalid URL: {strip_userinfo(req.url)}", location="body.url")
         if parts.scheme.lower() not in ("http", "https"):

@@ -86,6 +86,7 @@ def blocked_reason(addr: IPAddress) -> str | None:
     checks = (
         (inner.is_loopback, "a loopback address"),
         (inner.is_link_local, "a link-local address"),
+        (isinstance(inner, ipaddress.IPv6Address) and inner.is_site_local, "a site-local address"),
         (inner.is_unspecified, "an unspecified address"),
         (inner.is_multicast, "a multicast address"),
         (inner.is_reserved, "a reserved address"),
@@ -125,7 +126,10 @@ class AddressGuard:
     def check_url(self, url: str) -> None:
         """Refuse bad schemes, missing hosts and internal literal IP hosts. DNS names are checked later, on
         the addresses they resolve to."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise BlockedURLError(f"invalid URL: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in self.schemes:
             shown = scheme or "none"

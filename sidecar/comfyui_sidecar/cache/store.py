@@ -15,6 +15,7 @@ Layout under CACHE_DIR:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -134,7 +135,7 @@ class ModelCache:
         self.index = LruIndex(settings.cache_budget_bytes())
         self.guard = guard_from_settings(settings.download_allow_networks)
         self._links: dict[str, set[Path]] = {}
-        self._flight: SingleFlight[tuple[Entry, str]] = SingleFlight()
+        self._flight: SingleFlight[Entry] = SingleFlight()
         self._space = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
         self._downloader: HttpDownloader | None = None
@@ -305,9 +306,15 @@ class ModelCache:
     ) -> AsyncIterator[Mapping[Fetch, str]]:
         """Download (or reuse) every item, link it, and keep the blobs pinned until the context exits."""
         urls = list(dict.fromkeys(item.url for item in items))
-        results = await asyncio.gather(
-            *(self._acquire(url, credentials) for url in urls), return_exceptions=True
-        )
+        tasks = [asyncio.ensure_future(self._acquire(url, credentials)) for url in urls]
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:
+            # cancelled (client gone): the acquisitions that already finished hold pins; release them
+            for task in tasks:
+                task.cancel()
+                task.add_done_callback(self._unpin_acquired)
+            raise
         pinned = [r for r in results if isinstance(r, Entry)]
         try:
             for url, result in zip(urls, results, strict=True):
@@ -324,6 +331,10 @@ class ModelCache:
             if pinned:
                 async with self._space:
                     self._space.notify_all()
+
+    def _unpin_acquired(self, task: asyncio.Future[Entry]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.index.unpin(task.result().name)
 
     async def download(
         self,
@@ -381,7 +392,10 @@ class ModelCache:
                 metrics.REQUESTS.labels(result="hit").inc()
                 return entry
             try:
-                fresh, used = await self._flight.do(url, lambda: self._download(url, auth))
+                # one download per URL and credential: a caller must not share a failure (401) of a download
+                # made with other credentials, or none; a success proves this caller's access
+                flight = f"{auth_fingerprint(auth)} {url}"
+                fresh = await self._flight.do(flight, lambda: self._download(url, auth))
             except FetchError:
                 metrics.REQUESTS.labels(result="error").inc()
                 raise
@@ -389,12 +403,6 @@ class ModelCache:
             if current is None:
                 continue  # evicted between the download and this caller resuming
             self.index.pin(current.name)
-            if current.auth_required and used != auth_fingerprint(auth):
-                try:
-                    await self._check_auth(url, auth)
-                except BaseException:
-                    self.index.unpin(current.name)
-                    raise
             metrics.REQUESTS.labels(result="miss").inc()
             return current
         raise FetchError(
@@ -432,7 +440,7 @@ class ModelCache:
         if status in (401, 403):
             raise FetchError(f"Authentication failed: {status} {reason or ''}".strip())
 
-    async def _download(self, url: str, auth: DownloadAuth | None) -> tuple[Entry, str]:
+    async def _download(self, url: str, auth: DownloadAuth | None) -> Entry:
         assert self._downloader is not None
         try:
             self.guard.check_url(url)
@@ -452,6 +460,9 @@ class ModelCache:
                 auth_required=auth is not None,
                 cached_at=now_iso(),
             )
+            existing = self.index.get(name)
+            if existing is not None:  # a download of the same URL with other credentials finished first
+                return existing
             blob = self.blobs / name
             self._publish(tmp, blob, entry)  # in the loop: a rename and a small write, seen atomically
             self.index.commit(reservation, entry)
@@ -460,6 +471,12 @@ class ModelCache:
         except NoSpaceError as exc:
             raise FetchError(
                 f"Error downloading file: {exc.message}", status=507 if exc.permanent else 503
+            ) from None
+        except OSError as exc:  # the cache's disk (a full or read-only volume), not the network
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = exc.strerror or type(exc).__name__
+            raise FetchError(
+                f"Error downloading file: cannot write to the cache: {reason}", status=507 if full else 500
             ) from None
         finally:
             self.index.release(reservation)
@@ -470,7 +487,7 @@ class ModelCache:
         metrics.DOWNLOAD_SECONDS.observe(elapsed)
         metrics.CACHE_BYTES.set(self.index.stored_bytes())
         log.info("cached %s as %s (%d bytes, %.2fs)", redact_url(url), entry.name, entry.size, elapsed)
-        return entry, auth_fingerprint(auth)
+        return entry
 
     def _publish(self, tmp: Path, blob: Path, entry: Entry) -> None:
         write_meta(blob, entry)
@@ -587,13 +604,13 @@ class ModelCache:
             with suppress(OSError):
                 if os.readlink(link) == target:
                     return link  # the common cache hit: one syscall
-        directory.mkdir(parents=True, exist_ok=True)
-        real_dir = directory.resolve()
+        real_dir = directory.resolve()  # before mkdir, which would follow a symlink out of the root
         for root in (self.models_root.resolve(), self.input_dir.resolve()):
             if real_dir == root or root in real_dir.parents:
                 break
         else:
             raise FetchError(f"refusing to write outside the cache and input directories: {name!r}")
+        directory.mkdir(parents=True, exist_ok=True)
         try:
             current = os.readlink(link) if link.is_symlink() else None
         except OSError:

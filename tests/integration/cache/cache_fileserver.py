@@ -140,6 +140,8 @@ def build_app(fs: FileServer) -> web.Application:
 
     async def redirect(request: web.Request) -> web.StreamResponse:
         fs.gets[request.path] += 1
+        if "raw" in request.query:  # a Location header sent as is, even when malformed
+            return web.Response(status=302, headers={"Location": request.query["to"]})
         raise web.HTTPFound(request.query["to"])
 
     app = web.Application()

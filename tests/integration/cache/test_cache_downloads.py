@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from cache_fileserver import FileServer, disk_usage, file_server, make_cache  # noqa: F401 (fixtures)
@@ -380,4 +382,122 @@ async def test_a_stalled_server_times_out_clearly(file_server: FileServer, make_
     assert "Error downloading file" in err.value.message
     assert file_server.gets["/stall/stuck.pt"] == 2  # retried once, resuming with Range
     assert cache.index.entries == {}
+    assert list(cache.tmp.iterdir()) == []
+
+
+async def test_a_cancelled_prompt_leaves_no_pin_behind(file_server: FileServer, make_cache) -> None:
+    """A client that disconnects while one URL is cached and another still downloading: the cached one's pin
+    (taken by its finished acquisition) is released, so it stays evictable."""
+    file_server.add("hit.pt", os.urandom(10_000))
+    file_server.add("big.pt", os.urandom(2_000_000))
+    cache: ModelCache = await make_cache()
+    hit = model(file_server.url("/files/hit.pt"))
+    async with cache.pin([hit], []) as resolved:
+        name = resolved[hit]
+
+    async def prompt() -> None:
+        async with cache.pin([hit, model(file_server.url("/stall/big.pt"))], []):
+            pass
+
+    task = asyncio.create_task(prompt())
+    for _ in range(200):  # until the stalled download has started
+        if file_server.gets.get("/stall/big.pt"):
+            break
+        await asyncio.sleep(0.01)
+    assert cache.index.get(name).pins == 1  # type: ignore[union-attr]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert cache.index.get(name).pins == 0  # type: ignore[union-attr]
+
+
+async def test_a_malformed_redirect_location_is_a_clear_error(file_server: FileServer, make_cache) -> None:
+    cache: ModelCache = await make_cache()
+    url = file_server.url("/redirect?raw=1&to=" + quote("http://[::1/a.pt", safe=""))
+    with pytest.raises(FetchError) as err:
+        async with cache.pin([model(url)], []):
+            pass
+    assert "Invalid URL" in err.value.message
+    assert list(cache.tmp.iterdir()) == []
+
+
+async def test_a_full_disk_is_a_clear_error(
+    file_server: FileServer, make_cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from comfyui_sidecar.cache import download
+
+    def no_space(self: object, chunks: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    file_server.add("full.pt", os.urandom(2_000_000))
+    cache: ModelCache = await make_cache()
+    monkeypatch.setattr(download._Sink, "write", no_space)
+    with pytest.raises(FetchError) as err:
+        async with cache.pin([model(file_server.url("/files/full.pt"))], []):
+            pass
+    assert err.value.status == 507
+    assert "No space left on device" in err.value.message
+    assert cache.index.reservations == {}
+    assert list(cache.tmp.iterdir()) == []
+
+
+async def test_no_directory_is_created_through_a_symlink_out_of_the_input_dir(
+    file_server: FileServer, make_cache, tmp_path: Path
+) -> None:
+    file_server.add("pic.png", b"\x89PNG fake", ctype="image/png")
+    cache: ModelCache = await make_cache()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "input").mkdir(exist_ok=True)
+    (tmp_path / "input" / "escape").symlink_to(outside)
+    with pytest.raises(FetchError) as err:
+        async with cache.pin([media(file_server.url("/files/pic.png"), folder="escape/sub")], []):
+            pass
+    assert "refusing to write outside" in err.value.message
+    assert list(outside.iterdir()) == []
+
+
+async def test_a_caller_with_credentials_does_not_share_the_failure_of_one_without(
+    file_server: FileServer, make_cache
+) -> None:
+    file_server.add("gated.safetensors", os.urandom(50_000))
+    cache: ModelCache = await make_cache()
+    url = file_server.url("/auth/gated.safetensors")
+    good = [Credential(url_pattern="**", auth=BearerAuth(type="bearer", token=file_server.token))]
+
+    async def prompt(credentials: list[Credential]) -> str:
+        async with cache.pin([model(url)], credentials) as resolved:
+            return resolved[model(url)]
+
+    anonymous, authorised = await asyncio.gather(prompt([]), prompt(good), return_exceptions=True)
+    assert isinstance(anonymous, FetchError)
+    assert "Unauthorized" in anonymous.message
+    assert authorised == url_hash(url) + ".safetensors"
+    assert cache.index.get(authorised).pins == 0  # type: ignore[union-attr]
+
+
+async def test_concurrent_downloads_with_different_credentials_keep_one_entry_and_its_pins(
+    file_server: FileServer, make_cache
+) -> None:
+    file_server.add("pub.safetensors", os.urandom(300_000))
+    file_server.stall_seconds = 0.4
+    cache: ModelCache = await make_cache()
+    url = file_server.url("/stall/pub.safetensors")
+    both = asyncio.Barrier(2)
+
+    async def prompt(token: str) -> int:
+        credentials = [Credential(url_pattern="**", auth=BearerAuth(type="bearer", token=token))]
+        async with cache.pin([model(url)], credentials) as resolved:
+            await both.wait()
+            pins = cache.index.get(resolved[model(url)]).pins  # type: ignore[union-attr]
+            await both.wait()
+            return pins
+
+    first = asyncio.create_task(prompt("one"))
+    await asyncio.sleep(0.2)  # the second download starts while the first one is under way
+    assert await asyncio.gather(first, prompt("two")) == [2, 2]
+    assert file_server.gets["/stall/pub.safetensors"] == 2
+    assert [e.pins for e in cache.index.entries.values()] == [0]
+    assert cache.index.reservations == {}
     assert list(cache.tmp.iterdir()) == []

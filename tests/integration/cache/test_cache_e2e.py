@@ -154,6 +154,7 @@ async def test_download_route_wait_and_background(stack: RunningSidecar, file_se
         ({"url": "http://127.0.0.1:1/a.pt", "model_type": "nope", "wait": True}, "unknown model_type"),
         ({"url": "ftp://h/a.pt", "model_type": "loras", "wait": True}, "No storage provider found"),
         ({"url": "not a url", "model_type": "loras", "wait": True}, "Invalid URL"),
+        ({"url": "http://[::1/a.pt", "model_type": "loras", "wait": True}, "Invalid URL"),
         ({"model_type": "loras"}, "url"),
         ({"url": "http://169.254.169.254/x", "model_type": "loras", "wait": True}, "metadata"),
     ],

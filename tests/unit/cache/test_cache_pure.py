@@ -164,6 +164,8 @@ def test_parse_ip_literal_forms(host: str, addr: str | None) -> None:
         "::ffff:10.0.0.1",
         "64:ff9b::a00:1",
         "2002:a00:1::",
+        "fec0::1",
+        "::ffff:0:7f00:1",
     ],
 )
 def test_internal_addresses_blocked(addr: str) -> None:
@@ -396,3 +398,12 @@ def test_manifest_local_path() -> None:
 )
 def test_parse_hf_url(url: str, expected: HfFile | None) -> None:
     assert parse_hf_url(url, "https://huggingface.co") == expected
+
+
+def test_guard_refuses_a_malformed_url_clearly() -> None:
+    from comfyui_sidecar.cache.ssrf import AddressGuard, AllowList, BlockedURLError
+
+    guard = AddressGuard(AllowList())
+    for url in ("http://[::1/x", "http://[fe80::1%eth0/x"):
+        with pytest.raises(BlockedURLError, match="invalid URL"):
+            guard.check_url(url)

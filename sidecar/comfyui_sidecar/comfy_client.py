@@ -10,6 +10,7 @@ each reconnect), the per-prompt timeout (504), or ComfyUI staying unreachable fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 # Frequent messages the sidecar does not use, skipped before parsing when ComfyUI's json.dumps layout is seen.
 IGNORABLE_EVENTS = ("progress_state", "progress", "execution_cached")
 _IGNORED_PREFIXES = tuple(f'{{"type": "{name}"' for name in IGNORABLE_EVENTS)
+CONTROL_TIMEOUT_S = 10.0
+"""Bound on control calls to ComfyUI (cancel, outputs from /history, reconcile after a reconnect), so a
+ComfyUI that stopped answering HTTP cannot hold a request or the websocket task."""
 
 
 class ComfyError(Exception):
@@ -105,6 +109,8 @@ def result_from_history(prompt_id: str, entry: Mapping[str, Any]) -> Execution |
 class _Waiter:
     execution: Execution
     future: asyncio.Future[Execution]
+    queued: bool = False
+    """True once ComfyUI accepted the prompt: only then does its absence mean ComfyUI lost it."""
 
 
 class ComfyClient:
@@ -150,14 +156,23 @@ class ComfyClient:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def queue(self, prompt: Mapping[str, Any], prompt_id: str) -> None:
-        """POST /prompt with our client_id and prompt id. Raises ComfyRejected (400) or ComfyError (502)."""
+    async def queue(
+        self, prompt: Mapping[str, Any], prompt_id: str, *, timeout_s: float | None = None
+    ) -> None:
+        """POST /prompt with our client_id and prompt id. Raises ComfyRejected (400) or ComfyError (502, or
+        504 when ComfyUI does not answer within `timeout_s`)."""
         body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
-            async with self.session.post(f"{self.base_url}/prompt", json=body) as response:
-                text = await response.text()
-                if response.status == 200:
-                    return
+            async with asyncio.timeout(timeout_s):
+                async with self.session.post(f"{self.base_url}/prompt", json=body) as response:
+                    text = await response.text()
+                    if response.status == 200:
+                        waiter = self._waiters.get(prompt_id)
+                        if waiter is not None:
+                            waiter.queued = True
+                        return
+        except TimeoutError:
+            raise ComfyError(504, f"ComfyUI did not accept the prompt within {timeout_s:g} s") from None
         except aiohttp.ClientError as error:
             raise ComfyError(502, f"ComfyUI is unreachable: {type(error).__name__}") from None
         try:
@@ -192,22 +207,24 @@ class ComfyClient:
 
     async def cancel(self, prompt_id: str) -> bool:
         """Stop a prompt: remove it from the queue when pending (ComfyUI's interrupt only reaches the running
-        prompt), interrupt it when running. A removed prompt's waiter ends as interrupted."""
+        prompt), interrupt it when running. A removed prompt's waiter ends as interrupted. False when ComfyUI
+        does not answer within CONTROL_TIMEOUT_S."""
         try:
-            running, pending = await self.queue_state()
-            if prompt_id in pending:
-                async with self.session.post(
-                    f"{self.base_url}/queue", json={"delete": [prompt_id]}
-                ) as response:
-                    await response.read()
-                await self.interrupt(prompt_id)  # in case it started in between
-                waiter = self._waiters.get(prompt_id)
-                if waiter is not None:
-                    _settle(waiter, ComfyError(500, "Prompt execution interrupted"))
-                return True
-        except (aiohttp.ClientError, ValueError):
+            async with asyncio.timeout(CONTROL_TIMEOUT_S):
+                running, pending = await self.queue_state()
+                if prompt_id in pending:
+                    async with self.session.post(
+                        f"{self.base_url}/queue", json={"delete": [prompt_id]}
+                    ) as response:
+                        await response.read()
+                    await self.interrupt(prompt_id)  # in case it started in between
+                    waiter = self._waiters.get(prompt_id)
+                    if waiter is not None:
+                        _settle(waiter, ComfyError(500, "Prompt execution interrupted"))
+                    return True
+                return prompt_id in running and await self.interrupt(prompt_id)
+        except (aiohttp.ClientError, ValueError, TimeoutError):
             return False
-        return prompt_id in running and await self.interrupt(prompt_id)
 
     async def interrupt(self, prompt_id: str) -> bool:
         try:
@@ -221,12 +238,17 @@ class ComfyClient:
 
     async def view(self, ref: OutputRef) -> bytes:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
-        async with self.session.get(f"{self.base_url}/view", params=params) as response:
-            if response.status != 200:
-                raise ComfyError(
-                    502, f"ComfyUI could not return output {ref.filename}: HTTP {response.status}"
-                )
-            return await response.read()
+        try:
+            async with self.session.get(f"{self.base_url}/view", params=params) as response:
+                if response.status != 200:
+                    raise ComfyError(
+                        502, f"ComfyUI could not return output {ref.filename}: HTTP {response.status}"
+                    )
+                return await response.read()
+        except aiohttp.ClientError as error:
+            raise ComfyError(
+                502, f"ComfyUI could not return output {ref.filename}: {type(error).__name__}"
+            ) from None
 
     async def models(self) -> dict[str, list[str]]:
         async with self.session.get(f"{self.base_url}/models") as response:
@@ -270,13 +292,27 @@ class ComfyClient:
                     if not execution.outputs_complete:
                         execution = await self._outputs_from_history(execution)
                     return execution
-                await self._check_history(prompt_id, waiter)
+                # A ComfyUI that stopped answering HTTP must not hold the wait past its deadline, nor past
+                # the websocket settling the waiter (e.g. the lost-connection 502).
+                check = asyncio.ensure_future(self._check_history(prompt_id, waiter))
+                racing: set[asyncio.Future[Any]] = {waiter.future, check}
+                try:
+                    await asyncio.wait(
+                        racing,
+                        timeout=deadline - time.monotonic(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    check.cancel()
         finally:
             self._waiters.pop(prompt_id, None)
 
     async def _outputs_from_history(self, execution: Execution) -> Execution:
         try:
-            entry = await self.history(execution.prompt_id)
+            async with asyncio.timeout(CONTROL_TIMEOUT_S):
+                entry = await self.history(execution.prompt_id)
+        except TimeoutError:
+            raise ComfyError(502, "ComfyUI did not return the outputs from its history in time") from None
         except (aiohttp.ClientError, ValueError) as error:
             raise ComfyError(502, f"Could not read outputs from ComfyUI history: {error}") from None
         if entry is not None:
@@ -287,7 +323,7 @@ class ComfyClient:
         try:
             entry = await self.history(prompt_id)
             if entry is None:
-                if lost_if_absent and prompt_id not in await self.queued_ids():
+                if lost_if_absent and waiter.queued and prompt_id not in await self.queued_ids():
                     _settle(
                         waiter, ComfyError(502, "ComfyUI lost the prompt (it restarted while running it)")
                     )
@@ -315,7 +351,10 @@ class ComfyClient:
                     self._ws = ws
                     backoff = 0.05
                     if lost_since is not None:
-                        await self._reconcile()
+                        # bounded: waiters left unchecked still poll /history until their own deadline
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(CONTROL_TIMEOUT_S):
+                                await self._reconcile()
                     lost_since = None
                     self._set_connected(True)
                     await self._read(ws)

@@ -99,7 +99,9 @@ class Lifecycle:
             self.state.healthy = False
             return
         if self.settings.sidecar_mode == "supervise":
-            await self._launch()
+            if not await self._launch():
+                self.on_fatal(1)
+                return
             self._spawn(self._watch_process())
         while not await self._wait_for_comfy():
             log.error("ComfyUI did not answer after %d checks", self.settings.startup_check_max_tries)
@@ -178,10 +180,18 @@ class Lifecycle:
         return True
 
     # ---- supervise mode ------------------------------------------------------------------------------------
-    async def _launch(self) -> None:
-        argv = shlex.split(self.settings.cmd)
-        log.info("starting ComfyUI: %s", argv[0] if argv else "<empty CMD>")
-        self.process = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+    async def _launch(self) -> bool:
+        """Start ComfyUI from CMD; False (logged) when the command cannot be started at all."""
+        try:
+            argv = shlex.split(self.settings.cmd)
+            if not argv:
+                raise ValueError("CMD is empty")
+            log.info("starting ComfyUI: %s", argv[0])
+            self.process = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+        except (OSError, ValueError) as error:
+            log.error("cannot start ComfyUI from CMD: %s", error)
+            return False
+        return True
 
     async def _watch_process(self) -> None:
         backoff = 1.0
@@ -198,7 +208,9 @@ class Lifecycle:
             self.metrics.restarts.inc()
             await asyncio.sleep(backoff)
             started = time.monotonic()
-            await self._launch()
+            if not await self._launch():
+                self.on_fatal(1)
+                return
             if not await self._wait_for_comfy():
                 failures += 1
                 if failures >= self.settings.startup_check_max_tries:

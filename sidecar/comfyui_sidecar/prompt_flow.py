@@ -248,8 +248,9 @@ class PromptService:
                     local.location,
                 )
         if rewritten.inline_files:
-            await asyncio.to_thread(self._write_inline, rewritten.inline_files)
+            # registered before writing, so a write that fails part way leaves no file behind
             stack.callback(self._remove_inline, rewritten.inline_files)
+            await asyncio.to_thread(self._write_inline, rewritten.inline_files)
         try:
             resolved = await stack.enter_async_context(
                 self.fetcher.pin(rewritten.fetches, request.credentials or [])
@@ -268,7 +269,14 @@ class PromptService:
             path = confined(self.settings.input_dir, item.relpath)
             if path is None:
                 raise PrepareError("inline file name escapes the input directory", "prompt")
-            write_atomic(path, item.data)
+            try:
+                write_atomic(path, item.data)
+            except OSError as error:
+                raise PrepareError(
+                    f"Could not write an inline input to the input directory: {error.strerror or error}",
+                    "prompt",
+                    500,
+                ) from None
 
     def _remove_inline(self, files: Sequence[InlineFile]) -> None:
         for item in files:
@@ -327,7 +335,7 @@ class PromptService:
         self.comfy_ids[request.id] = comfy_id
         self.api_ids[comfy_id] = request.id
         try:
-            await self.comfy.queue(prepared.prompt, comfy_id)
+            await self.comfy.queue(prepared.prompt, comfy_id, timeout_s=self.settings.prompt_timeout_s)
             execution = await self.comfy.wait(comfy_id, self.settings.prompt_timeout_s)
         finally:
             self.comfy.forget(comfy_id)

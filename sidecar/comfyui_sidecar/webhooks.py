@@ -121,7 +121,7 @@ class WebhookSender:
                         return True
                     reason = f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-                reason = f"{type(error).__name__}: {error}"
+                reason = failure_reason(error)
             if attempt < self._policy.attempts:
                 log.info("webhook attempt %d/%d failed (%s)", attempt, self._policy.attempts, reason)
                 await asyncio.sleep(self._policy.delay(attempt))
@@ -147,6 +147,14 @@ class WebhookSender:
     @property
     def pending(self) -> int:
         return len(self._tasks)
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a delivery attempt failed, for the log: without the URL that some aiohttp errors print (its
+    query or user:password may carry secrets)."""
+    if isinstance(error, (aiohttp.InvalidURL, aiohttp.ClientResponseError)):
+        return type(error).__name__
+    return f"{type(error).__name__}: {error}"
 
 
 def safe_url(url: str) -> str:

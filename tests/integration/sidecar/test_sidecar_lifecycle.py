@@ -204,3 +204,21 @@ async def test_supervise_without_restart_stops_the_sidecar_with_code_1(
         await asyncio.wait_for(sc.app[STOP_KEY].wait(), 10)
         assert sc.app[STATE_KEY].exit_code == 1
         assert await code(http, f"{sc.url}/health") == 500
+
+
+async def test_supervise_with_a_command_that_cannot_start_stops_with_code_1(tmp_path: Path) -> None:
+    from comfyui_sidecar.app import STATE_KEY, STOP_KEY
+    from comfyui_standin.testing import StandinDirs
+
+    base = tmp_path / "comfy"
+    dirs = StandinDirs(base, base / "input", base / "output", base / "temp", base / "models")
+    settings = sidecar_settings(
+        f"http://127.0.0.1:{free_port()}",
+        dirs,
+        sidecar_mode="supervise",
+        cmd=str(tmp_path / "no-such-comfyui"),
+    )
+    async with run_sidecar(settings, wait_ready=False) as sc:
+        await asyncio.wait_for(sc.app[STOP_KEY].wait(), 10)
+        assert sc.app[STATE_KEY].exit_code == 1
+        assert not sc.app[STATE_KEY].healthy

@@ -78,3 +78,32 @@ def test_logged_urls_lose_credentials_and_query() -> None:
 def test_encoded_body_round_trips() -> None:
     payload = {"type": "prompt.failed", "id": "1", "error": "x"}
     assert json.loads(encode_body(payload)) == payload
+
+
+async def test_failed_delivery_logs_no_secret_from_the_url(caplog: pytest.LogCaptureFixture) -> None:
+    """A redirect loop (TooManyRedirects) or a bad URL must not put the URL's token or password in the log."""
+    import aiohttp
+    from aiohttp import web
+    from comfyui_sidecar.webhooks import RetryPolicy, WebhookSender
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(request.rel_url))
+
+    app = web.Application()
+    app.router.add_route("*", "/hook", loop)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            sender = WebhookSender(session, RetryPolicy(2, 0, 0, 5), "c2VjcmV0")
+            with caplog.at_level("INFO", logger="comfyui_sidecar.webhooks"):
+                assert not await sender.send_legacy(f"http://127.0.0.1:{port}/hook?token=s3cret", {"a": 1})
+                assert not await sender.send_legacy("http://user:pw0rd@127.0.0.1:notaport/hook", {"a": 1})
+    finally:
+        await runner.cleanup()
+    assert "failed after 2 attempts" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert "pw0rd" not in caplog.text

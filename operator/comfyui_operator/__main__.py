@@ -45,6 +45,18 @@ def identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
+async def lead(elector: LeaderElector, stop: asyncio.Event) -> bool:
+    """Keep the Lease until `stop`; False when the renewal crashed, which stops the operator too (nothing
+    would renew the Lease any more, so kopf must not go on acting without it)."""
+    try:
+        await elector.keep_leading(stop)
+    except Exception:
+        logger.exception("leader election failed; stopping the operator")
+        stop.set()
+        return False
+    return True
+
+
 async def run(settings: OperatorSettings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,7 +69,7 @@ async def run(settings: OperatorSettings) -> int:
         logger.error("no Kubernetes credentials (in-cluster or KUBECONFIG): %s", exc)
         return 2
     metrics.start_metrics_server(settings.metrics_port)
-    lease_task: asyncio.Task[None] | None = None
+    lease_task: asyncio.Task[bool] | None = None
     elector: LeaderElector | None = None
     if settings.leader_election:
         namespace = settings.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
@@ -69,7 +81,7 @@ async def run(settings: OperatorSettings) -> int:
             leading = await elector.wait_until_leader(stop)
         if not leading:
             return 0
-        lease_task = asyncio.create_task(elector.keep_leading(stop))
+        lease_task = asyncio.create_task(lead(elector, stop))
 
     registry = kopf.OperatorRegistry()
     reconciler = Reconciler(kube=kube, settings=settings, post_event=handlers.post_kopf_event)
@@ -80,6 +92,7 @@ async def run(settings: OperatorSettings) -> int:
         __version__,
         "cluster-wide" if settings.clusterwide else "namespaces " + ",".join(settings.namespaces),
     )
+    renewal_crashed = False
     try:
         await kopf.operator(
             registry=registry,
@@ -94,10 +107,10 @@ async def run(settings: OperatorSettings) -> int:
         logger.info("kopf stopped")
         stop.set()
         if lease_task is not None:
-            await lease_task
+            renewal_crashed = not await lease_task
         if elector is not None and not elector.lost:
             await elector.release()
-    return 1 if elector is not None and elector.lost else 0
+    return 1 if renewal_crashed or (elector is not None and elector.lost) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

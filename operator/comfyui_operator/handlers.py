@@ -5,19 +5,22 @@ Registered into an explicit registry by `register()`, so the operator process an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from comfyui_operator import api, builders
+from comfyui_operator import api, builders, status
 from comfyui_operator.kube import KubeError
 from comfyui_operator.reconcile import RETRIED_REASONS, Debouncer, Reconciler, retry_delay
 from comfyui_operator.settings import OperatorSettings
 
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": builders.MANAGER, "app.kubernetes.io/name": "comfyui"}
 INSTANCE_LABEL = "app.kubernetes.io/instance"
+# Attempts to re-create a deleted Deployment (about 80 min of backoff with the default settings).
+REAPPLY_ATTEMPTS = 20
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,35 @@ def register(
 ) -> Debouncer:
     """Register every handler of the operator into `registry`. Returns the debouncer of status refreshes."""
     refresher = Debouncer(reconciler.refresh_by_name)
+
+    async def reapply(namespace: str, name: str) -> None:
+        """Re-apply an instance whose Deployment was deleted; API errors and a refused apply are retried with
+        the operator's backoff, a bounded number of times."""
+        for attempt in range(REAPPLY_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(retry_delay(attempt - 1, settings))
+            try:
+                body = await reconciler.kube.get(api.KIND, namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return
+                if not attempt:
+                    logger.info("Deployment of %s/%s was deleted; re-applying", namespace, name)
+                problems = await reconciler.reconcile(body)
+                refused = [p.message for p in problems if p.reason == status.APPLY_FAILED]
+                if not refused:
+                    return
+                error = "; ".join(refused)
+            except KubeError as exc:
+                error = str(exc)
+            logger.warning("re-applying %s/%s failed (attempt %d): %s", namespace, name, attempt + 1, error)
+        logger.error(
+            "gave up re-applying %s/%s after %d attempts; the next spec change re-applies it",
+            namespace,
+            name,
+            REAPPLY_ATTEMPTS,
+        )
+
+    reapplier = Debouncer(reapply, delay_seconds=0)  # one re-apply (with its retries) per instance at a time
     resource = (api.GROUP, api.VERSION, api.PLURAL)
 
     @kopf.on.resume(*resource, id="converge", registry=registry)
@@ -91,10 +123,7 @@ def register(
             return
         namespace = str(meta["namespace"])
         if event.get("type") == "DELETED":
-            body = await reconciler.kube.get(api.KIND, namespace, instance)
-            if body is not None and not body["metadata"].get("deletionTimestamp"):
-                logger.info("Deployment of %s/%s was deleted; re-applying", namespace, instance)
-                await reconciler.reconcile(body)
+            reapplier.schedule(namespace, instance)
             return
         refresher.schedule(namespace, instance)
 
@@ -116,5 +145,6 @@ def register(
     @kopf.on.cleanup(id="stop_refresher", registry=registry)
     async def stop_refresher(**_: Any) -> None:
         await refresher.close()
+        await reapplier.close()
 
     return refresher

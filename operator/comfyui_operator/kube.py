@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,10 @@ from comfyui_operator import api
 
 FIELD_MANAGER = "comfyui-operator"
 REQUEST_TIMEOUT_SECONDS = 30
+LIST_PAGE_SIZE = 500
+MAX_LIST_PAGES = 20  # a list reads at most this many pages (10,000 objects)
+
+logger = logging.getLogger(__name__)
 
 
 class KubeError(Exception):
@@ -134,13 +139,22 @@ class Kube:
     async def list(
         self, kind: str, namespace: str, label_selector: str | None = None, field_selector: str | None = None
     ) -> list[dict[str, Any]]:
-        query = {"limit": "500"}
+        """Every object that matches, read page by page (at most MAX_LIST_PAGES pages)."""
+        query = {"limit": str(LIST_PAGE_SIZE)}
         if label_selector:
             query["labelSelector"] = label_selector
         if field_selector:
             query["fieldSelector"] = field_selector
-        result = await self._request("GET", KINDS[kind].collection(namespace), query)
-        return list((result or {}).get("items") or [])
+        items: list[dict[str, Any]] = []
+        for _ in range(MAX_LIST_PAGES):
+            result = await self._request("GET", KINDS[kind].collection(namespace), query) or {}
+            items += result.get("items") or []
+            token = (result.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query = {**query, "continue": str(token)}
+        logger.warning("listing %s in %s stopped after %d objects", kind, namespace, len(items))
+        return items
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply under the operator's field manager, forcing ownership of the fields it sets."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from comfyui_operator import kube as kube_module
 from comfyui_operator.kube import FIELD_MANAGER, Kube, KubeError
 from kubernetes import client
 
@@ -32,7 +33,8 @@ async def server() -> AsyncIterator[tuple[Kube, Recorded, dict[str, tuple[int, A
                 "body": json.loads(body) if body else None,
             }
         )
-        status, payload = answers.get(f"{request.method} {request.path}", (200, {"kind": "Ok"}))
+        answer = answers.get(f"{request.method} {request.path}", (200, {"kind": "Ok"}))
+        status, payload = answer(dict(request.query)) if callable(answer) else answer
         return web.json_response(payload, status=status)
 
     app = web.Application()
@@ -114,3 +116,30 @@ async def test_no_connection_is_a_kube_error_with_status_0() -> None:
         with pytest.raises(KubeError) as info:
             await kube.get("Lease", "ns", "l")
     assert info.value.status == 0
+
+
+async def test_list_follows_the_continue_token(server: tuple[Kube, Recorded, dict[str, Any]]) -> None:
+    """A busy namespace answers in pages of 500: every page must be read, or pods and events go missing."""
+    kube, recorded, answers = server
+
+    def pages(query: dict[str, str]) -> tuple[int, Any]:
+        page = int(query.get("continue") or 0)
+        more = {"continue": str(page + 1)} if page < 2 else {}
+        return 200, {"metadata": more, "items": [{"metadata": {"name": f"p{page}"}}]}
+
+    answers["GET /api/v1/namespaces/ns/pods"] = pages
+    pods = await kube.list("Pod", "ns", label_selector="a=b")
+    assert [pod["metadata"]["name"] for pod in pods] == ["p0", "p1", "p2"]
+    assert [request["query"] for request in recorded] == [
+        {"limit": "500", "labelSelector": "a=b"},
+        {"limit": "500", "labelSelector": "a=b", "continue": "1"},
+        {"limit": "500", "labelSelector": "a=b", "continue": "2"},
+    ]
+
+
+async def test_list_reads_a_bounded_number_of_pages(server: tuple[Kube, Recorded, dict[str, Any]]) -> None:
+    kube, recorded, answers = server
+    endless = (200, {"metadata": {"continue": "again"}, "items": [{"metadata": {"name": "p"}}]})
+    answers["GET /api/v1/namespaces/ns/events"] = endless
+    events = await kube.list("Event", "ns")
+    assert len(recorded) == len(events) == kube_module.MAX_LIST_PAGES

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from comfyui_operator import __main__ as main_module
+from operator_testlib import fixed_settings
 
 
 def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -46,3 +54,39 @@ def test_version(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == "0.1.0"
+
+
+async def test_a_crashed_lease_task_stops_the_operator(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the Lease renewal dies of an unexpected error, nothing renews the Lease any more: kopf must stop
+    (a non-zero exit, so Kubernetes restarts the pod as a standby) instead of acting without the Lease."""
+
+    class CrashingElector:
+        lost = False
+        released = False
+
+        def __init__(self, *_: Any) -> None:
+            pass
+
+        async def wait_until_leader(self, stop: asyncio.Event) -> bool:
+            return True
+
+        async def keep_leading(self, stop: asyncio.Event) -> None:
+            raise RuntimeError("unexpected")
+
+        async def release(self) -> None:
+            CrashingElector.released = True
+
+    async def operator(*, stop_flag: asyncio.Event, **_: Any) -> None:
+        await asyncio.wait_for(stop_flag.wait(), timeout=10)  # kopf runs until its stop flag is set
+
+    monkeypatch.setattr(main_module, "load_api_client", lambda: None)
+    monkeypatch.setattr(main_module, "Kube", lambda _client: None)
+    monkeypatch.setattr(main_module, "LeaderElector", CrashingElector)
+    monkeypatch.setattr(kopf, "operator", operator)
+    settings = fixed_settings(metrics_port=0, liveness_port=0, leader_election=True)
+    with caplog.at_level(logging.ERROR, logger="comfyui_operator"):
+        assert await asyncio.wait_for(main_module.run(settings), timeout=20) == 1
+    assert "leader election failed" in caplog.text
+    assert CrashingElector.released  # kopf has stopped: give the Lease to a standby at once

@@ -405,3 +405,44 @@ async def test_an_api_error_in_converge_is_retried_with_backoff(
         assert info.value.delay == delay
         assert "etcdserver: request timed out" in str(info.value)
     await refresher.close()
+
+
+async def test_a_failed_reapply_of_a_deleted_deployment_is_retried_with_backoff(
+    kube: MemoryKube, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted Deployment is re-applied; an API hiccup then must not leave it missing until the next spec
+    change: the re-apply is retried after the operator's backoff delays (not in a hot loop)."""
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler, fixed_settings())
+    delays: list[int] = []
+
+    def no_wait(retry: int, settings: Any) -> int:
+        delays.append(reconcile.retry_delay(retry, settings))
+        return 0
+
+    monkeypatch.setattr(handlers, "retry_delay", no_wait)
+    store(kube, instance({"replicas": 1}))
+    await reconciler.reconcile(current(kube))
+    deployment: Any = kube.objects.pop(("Deployment", "ns", "demo"))
+    failures = 2
+    apply = kube.apply
+
+    async def flaky_apply(obj: Mapping[str, Any]) -> dict[str, Any]:
+        nonlocal failures
+        if obj["kind"] == "Deployment" and failures:
+            failures -= 1
+            raise KubeError(503, "etcdserver: request timed out")
+        return await apply(obj)
+
+    monkeypatch.setattr(kube, "apply", flaky_apply)
+    watching: dict[str, Any] = {str(h.id): h.fn for h in registry._watching.get_all_handlers()}
+    deleted: Any = {"type": "DELETED", "object": deployment}
+    await watching["deployment_changed"](event=deleted, meta=kopf.Body(deployment).meta)
+    for _ in range(500):
+        if ("Deployment", "ns", "demo") in kube.objects:
+            break
+        await asyncio.sleep(0.01)
+    assert ("Deployment", "ns", "demo") in kube.objects
+    assert delays == [10, 20]  # the operator's backoff: base, then twice the base
+    cleanup: Any = next(h.fn for h in registry._activities.get_all_handlers() if h.id == "stop_refresher")
+    await cleanup()

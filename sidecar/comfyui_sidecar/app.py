@@ -197,6 +197,8 @@ async def prompt(request: web.Request) -> web.StreamResponse:
     try:
         prepared = await service.prepare(parsed, started)
     except PrepareError as error:
+        if error.status == 409:
+            return json_response({"error": error.message, "location": error.location}, 409)
         if error.status == 400:
             return bad_request(error.message, error.location)
         return server_error(error.status, error.message)
@@ -356,7 +358,13 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
     if settings.system_webhook_url:
         events = parse_events(settings.system_webhook_events)
         system = SystemEvents(
-            settings.system_webhook_url, events, metadata_from(os.environ), webhooks, service.api_id_for
+            settings.system_webhook_url,
+            events,
+            metadata_from(os.environ),
+            webhooks,
+            service.api_id_for,
+            max_pending=settings.system_webhook_queue_max,
+            on_drop=app_metrics.system_webhooks_dropped.inc,
         )
         app[SYSTEM_EVENTS_KEY] = system
         comfy.on_event = system.on_comfy_event

@@ -55,6 +55,11 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.system_webhooks_dropped = Counter(
+            "comfyui_api_system_webhooks_dropped",
+            "System webhook events dropped because the delivery queue was full",
+            registry=self.registry,
+        )
         self.restarts = Counter(
             "comfyui_api_comfy_restarts",
             "ComfyUI restarts done by the sidecar (supervise mode)",

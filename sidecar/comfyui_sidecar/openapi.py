@@ -80,6 +80,7 @@ def build_openapi(port: int) -> dict[str, Any]:
                     "200": _json(PromptResponse, "finished (synchronous)"),
                     "202": _json(PromptResponse, "accepted; results go to the webhook / upload"),
                     "400": _json(ErrorResponse, "invalid request or prompt"),
+                    "409": _json(ErrorResponse, "a prompt with this id is already running"),
                     "413": _json(ServerError, "body larger than MAX_BODY_SIZE_MB"),
                     "415": _json(ServerError, "content type is not application/json"),
                     "500": _json(ServerError, "ComfyUI failed to run the prompt (comfy_error has details)"),

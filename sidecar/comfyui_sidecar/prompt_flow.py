@@ -46,6 +46,7 @@ _SECRET_FIELDS = frozenset(
     {"token", "password", "header_value", "query_value", "secret_access_key", "session_token"}
 )
 THREAD_THRESHOLD = 512 * 1024
+DISCARD_HISTORY_TIMEOUT_S = 5.0
 
 
 class PrepareError(Exception):
@@ -186,18 +187,22 @@ class PromptService:
         )
         self.comfy_ids: dict[str, str] = {}
         self.api_ids: dict[str, str] = {}
+        self.running: set[str] = set()
+        """Request ids from `prepare` until the prompt ends (a second prompt with one of them gets 409)."""
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self._background: set[asyncio.Task[None]] = set()
 
     # ---- accounting ----------------------------------------------------------------------------------------
-    def _enter(self) -> None:
+    def _enter(self, request_id: str) -> None:
+        self.running.add(request_id)
         self.inflight += 1
         self.idle.clear()
         self.metrics.inflight.set(self.inflight)
 
-    def _leave(self) -> None:
+    def _leave(self, request_id: str) -> None:
+        self.running.discard(request_id)
         self.inflight -= 1
         self.metrics.inflight.set(self.inflight)
         if self.inflight == 0:
@@ -206,21 +211,24 @@ class PromptService:
     # ---- preparation ---------------------------------------------------------------------------------------
     async def prepare(self, request: PromptRequest, started: float) -> Prepared:
         """Rewrite, check local inputs, write inline files, fetch URLs. Raises PrepareError (and sends
-        prompt.failed to the request's webhook, a fix of upstream)."""
-        self._enter()
+        prompt.failed to the request's webhook, a fix of upstream; not for a duplicate id, whose webhook
+        belongs to the prompt already running)."""
+        if request.id in self.running:
+            raise PrepareError(f"a prompt with id {request.id} is already running", "id", 409)
+        self._enter(request.id)
         stack = contextlib.AsyncExitStack()
         try:
             prepared = await self._prepare(request, started, stack)
         except PrepareError as error:
             await stack.aclose()
-            self._leave()
+            self._leave(request.id)
             raw = {k: n.model_dump(by_alias=True, exclude_none=True) for k, n in request.prompt.items()}
             self._send_failed(request, raw, error.message)
             self.metrics.prompt_duration.labels(outcome="rejected").observe(time.monotonic() - started)
             raise
         except BaseException:
             await stack.aclose()
-            self._leave()
+            self._leave(request.id)
             raise
         return prepared
 
@@ -303,7 +311,7 @@ class PromptService:
         finally:
             await prepared.cleanup.aclose()
             self.metrics.prompt_duration.labels(outcome=outcome).observe(time.monotonic() - prepared.started)
-            self._leave()
+            self._leave(prepared.request.id)
 
     def run_in_background(self, prepared: Prepared) -> None:
         task = asyncio.get_running_loop().create_task(self._background_run(prepared))
@@ -334,17 +342,26 @@ class PromptService:
         self.comfy.register(comfy_id)
         self.comfy_ids[request.id] = comfy_id
         self.api_ids[comfy_id] = request.id
+        refs: list[OutputRef] = []
         try:
-            await self.comfy.queue(prepared.prompt, comfy_id, timeout_s=self.settings.prompt_timeout_s)
-            execution = await self.comfy.wait(comfy_id, self.settings.prompt_timeout_s)
-        finally:
-            self.comfy.forget(comfy_id)
-            self.comfy_ids.pop(request.id, None)
-            self.api_ids.pop(comfy_id, None)
-        refs = output_refs(execution.outputs, js_key_order(prepared.prompt))
-        files = await self.read_outputs(refs)
-        round_trip_ms = self._elapsed_ms(prepared)
-        files = await self._convert(files, request)
+            try:
+                await self.comfy.queue(prepared.prompt, comfy_id, timeout_s=self.settings.prompt_timeout_s)
+                execution = await self.comfy.wait(comfy_id, self.settings.prompt_timeout_s)
+            finally:
+                self.comfy.forget(comfy_id)
+                self.comfy_ids.pop(request.id, None)
+                self.api_ids.pop(comfy_id, None)
+            refs = output_refs(execution.outputs, js_key_order(prepared.prompt))
+            files = await self.read_outputs(refs)
+            round_trip_ms = self._elapsed_ms(prepared)
+            files = await self._convert(files, request)
+        except ComfyRejected:
+            raise  # never queued: no outputs
+        except BaseException as error:
+            # 502: ComfyUI is unreachable (its history too) or its /view failed (the outputs are known)
+            reachable = not (isinstance(error, ComfyError) and error.status == 502)
+            await self._discard_outputs(comfy_id, refs, ask_history=reachable)
+            raise
         if sum(len(f.data) for f in files) > THREAD_THRESHOLD:
             await asyncio.to_thread(self.delete_outputs, refs)
         else:  # a thread hand-off costs more than a few small unlinks
@@ -400,6 +417,25 @@ class PromptService:
                 data = await self.comfy.view(ref)
             files.append(OutputFile(ref.filename, data, content_type_for(ref.filename)))
         return files
+
+    async def _discard_outputs(
+        self, comfy_id: str, known: Sequence[OutputRef], *, ask_history: bool = True
+    ) -> None:
+        """Best effort, never raising: remove what a prompt that ended without delivery wrote (the outputs
+        already known, and those its ComfyUI history entry lists: a failed, timed-out or interrupted prompt
+        may have saved some)."""
+        refs = list(known)
+        if ask_history:
+            try:
+                async with asyncio.timeout(DISCARD_HISTORY_TIMEOUT_S):
+                    entry = await self.comfy.history(comfy_id)
+                outputs = entry.get("outputs") if entry is not None else None
+                if isinstance(outputs, Mapping):
+                    refs += output_refs(outputs, [])
+            except Exception as error:  # ComfyUI not answering: only the known outputs can go
+                log.info("could not list the outputs of failed prompt %s: %s", comfy_id, type(error).__name__)
+        with contextlib.suppress(Exception):
+            self.delete_outputs(refs)
 
     def delete_outputs(self, refs: Sequence[OutputRef]) -> None:
         for ref in refs:

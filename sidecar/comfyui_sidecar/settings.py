@@ -103,6 +103,11 @@ class SidecarSettings(BaseSettings):
     http_auth_header_value: SecretStr | None = Field(None, description="Value of HTTP_AUTH_HEADER_NAME.")
 
     # ---- ours ----------------------------------------------------------------------------------------------
+    system_webhook_queue_max: int = Field(
+        1000,
+        ge=1,
+        description="System webhook events waiting for delivery at most; when full the oldest is dropped.",
+    )
     sidecar_mode: Literal["attach", "supervise"] = Field(
         "attach",
         description="attach: ComfyUI runs elsewhere (another container) at COMFYUI_URL; "

@@ -4,15 +4,24 @@ Body: {"event": "comfy.<type>", "data": <the whole websocket message>, "metadata
 prompt ids replaced by the API request ids while a prompt is in flight. `metadata` holds every
 SYSTEM_META_<key> environment variable as <key>. Storage events (`storage.*`) are the cache's to emit through
 `SystemEvents.emit`.
+
+Events wait in one bounded queue (SYSTEM_WEBHOOK_QUEUE_MAX) and one worker delivers them in order, so a target
+that is down costs a fixed amount of memory: when the queue is full the oldest event is dropped (counted, and
+logged once per burst of drops).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import copy
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from comfyui_sidecar.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
 
 COMFY_EVENTS = frozenset(
     {
@@ -78,12 +87,21 @@ class SystemEvents:
         metadata: Mapping[str, str],
         sender: WebhookSender,
         to_api_id: Callable[[str], str | None],
+        *,
+        max_pending: int = 1000,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.events = events
         self.metadata = dict(metadata)
         self.sender = sender
         self.to_api_id = to_api_id
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._on_drop = on_drop
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._worker: asyncio.Task[bool] | None = None
+        self._dropping = False
 
     def on_comfy_event(self, message: Mapping[str, Any]) -> None:
         kind = str(message.get("type"))
@@ -91,5 +109,32 @@ class SystemEvents:
             self.emit(f"comfy.{kind}", rewrite_ids(message, self.to_api_id))
 
     def emit(self, event: str, data: Any) -> None:
-        """Send one signed system webhook in the background (storage events use this too)."""
-        self.sender.send_v2(self.url, {"event": event, "data": data, "metadata": self.metadata})
+        """Queue one signed system webhook for the background worker (storage events use this too)."""
+        if len(self._queue) >= self.max_pending:
+            self._queue.popleft()
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
+            if not self._dropping:
+                self._dropping = True
+                log.warning(
+                    "system webhook queue full (%d events): dropping the oldest until it drains",
+                    self.max_pending,
+                )
+        self._queue.append({"event": event, "data": data, "metadata": self.metadata})
+        if self._worker is None or self._worker.done():
+            self._worker = self.sender.track(self._deliver_queued())
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def _deliver_queued(self) -> bool:
+        while self._queue:
+            payload = self._queue.popleft()
+            try:
+                await self.sender.deliver_v2(self.url, payload)
+            except Exception:  # never let one bad event stop the worker
+                log.exception("system webhook %s could not be sent", payload["event"])
+        self._dropping = False
+        return True

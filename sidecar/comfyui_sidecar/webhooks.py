@@ -93,6 +93,14 @@ class WebhookSender:
     def send_legacy(self, url: str, payload: Mapping[str, Any]) -> asyncio.Task[bool]:
         return self._spawn(self._encode_and_deliver(url, payload, signed=False))
 
+    async def deliver_v2(self, url: str, payload: Mapping[str, Any]) -> bool:
+        """Sign and deliver now (with retries), in the caller's task; never raises for delivery failures."""
+        return await self._encode_and_deliver(url, payload, signed=True)
+
+    def track(self, coro: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        """Run `coro` as a background task that `drain` waits for."""
+        return self._spawn(coro)
+
     def _spawn(self, coro: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)

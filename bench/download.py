@@ -170,6 +170,7 @@ async def main() -> None:
         for _ in range(args.size_mib):
             fh.write(os.urandom(1 << 20))
     (work / "files" / "small.safetensors").write_bytes(os.urandom(64 * 1024))
+    os.sync()  # the source file's own writeback must not land inside the timed rounds
     files_port, sidecar_port = free_port(), free_port()
     budget_gib = args.size_mib * 1.3 / 1024  # room for one copy: every round evicts the previous one
     children = spawn_servers(work, files_port, sidecar_port, budget_gib)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tier import tool_missing
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm"
@@ -36,7 +37,7 @@ def _helm_binary() -> str | None:
 def helm() -> str:
     binary = _helm_binary()
     if binary is None:
-        pytest.skip(
+        tool_missing(
             "helm not found: set HELM_BINARY (make test-chart exports it: hack/build-tools.sh --print-env)"
         )
     return binary

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tier import tool_missing
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_TAG = os.environ.get("IMAGE_TAG", "dev")
@@ -64,10 +65,10 @@ def docker() -> Docker:
     if not (
         shutil.which("dockerd") or os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()
     ):
-        pytest.skip("no Docker engine: install Debian's docker.io (or run on a machine with Docker)")
+        tool_missing("no Docker engine: install Debian's docker.io (or run on a machine with Docker)")
     started = _script("docker.sh", "start", timeout=90)
     if started.returncode != 0:
-        pytest.skip(f"no Docker engine could be started: {started.stderr.strip()[-500:]}")
+        tool_missing(f"no Docker engine could be started: {started.stderr.strip()[-500:]}")
     env = _script("docker.sh", "env", timeout=30)
     assert env.returncode == 0, env.stderr
     host = env.stdout.strip().removeprefix("export DOCKER_HOST=")

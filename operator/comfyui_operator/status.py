@@ -17,7 +17,6 @@ from typing import Any
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
 
 # Reasons (CamelCase; also used as Event reasons).
 INVALID_SPEC = "InvalidSpec"

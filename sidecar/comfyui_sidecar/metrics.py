@@ -20,7 +20,6 @@ ROUTES = frozenset(
         "/download",
     }
 )
-OUTCOMES = ("success", "failed", "rejected", "timeout", "unreachable")
 
 
 class Metrics:

@@ -1,6 +1,8 @@
 # Task runner. `make help` lists the targets.
 SHELL := /bin/bash
-PYTHON ?= python3
+# Everything runs in the project's virtualenv (hack/bootstrap.sh creates it); VENV=... points elsewhere.
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
 TOOLS_ENV = eval "$$(hack/build-tools.sh --print-env)"
 

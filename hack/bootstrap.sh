@@ -3,11 +3,14 @@
 # and the Go-built tools (cached outside the repository by version; see hack/build-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+# The project's own virtualenv: stock Debian refuses a system-wide pip install (PEP 668), and nothing here
+# should change the machine's Python. The Makefile uses $VENV/bin/python for every target.
+VENV=${VENV:-.venv}
+BASE_PYTHON=${BASE_PYTHON:-python3}
 
 log() { printf '[bootstrap %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-APT_PACKAGES=(curl ca-certificates)
+APT_PACKAGES=(curl ca-certificates jq python3-venv)
 # Images and the e2e tier: debootstrap builds a local base image when no registry is reachable; Debian's
 # Docker engine only where no Docker is installed (a runner's docker-ce conflicts with docker.io).
 APT_PACKAGES+=(debootstrap)
@@ -19,8 +22,12 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-log "pip install -e .[test]"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "virtualenv $VENV ($("$BASE_PYTHON" --version))"
+  "$BASE_PYTHON" -m venv "$VENV"
+fi
+log "pip install -e .[test] into $VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
 
 log "Go-built tools"
 hack/build-tools.sh

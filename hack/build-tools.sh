@@ -2,7 +2,10 @@
 # Builds the pinned tools the test tiers need from the Go module proxy into a cache outside the repository,
 # one directory per tool and version, and reuses what is already there. Nothing else is downloaded.
 #
-#   hack/build-tools.sh [k8s|etcd|kwok|helm|kind|all]...      (default: all but kind)
+#   hack/build-tools.sh [k8s|etcd|kwok|helm|kind|node|all]...  (default: helm kwok etcd k8s)
+#
+# `node` builds what the local kind node image needs besides Kubernetes and etcd (hack/kind-node-image.sh):
+# crictl, CoreDNS and the local-path provisioner.
 #
 # Prints nothing but progress on stderr; `hack/build-tools.sh --print-env` prints the KWOK_* / PATH exports.
 set -euo pipefail
@@ -12,6 +15,12 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.5}"     # what kubeadm 1.34 pins (DefaultEtcd
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 KIND_VERSION="${KIND_VERSION:-v0.32.0}"
+CRICTL_VERSION="${CRICTL_VERSION:-v1.34.0}"                  # cri-tools minor follows Kubernetes
+COREDNS_VERSION="${COREDNS_VERSION:-v1.12.1}"                # what kubeadm 1.34 deploys (constants.CoreDNSVersion)
+LOCAL_PATH_VERSION="${LOCAL_PATH_VERSION:-v0.0.30}"          # rancher/local-path-provisioner
+# The Kubernetes build holds the node binaries too (kubelet, kubeadm, kube-proxy); the key says so, so a cache
+# built before they were added is rebuilt rather than used without them.
+K8S_KEY="$K8S_VERSION+node"
 
 TOOLS_CACHE="${COMFYUI_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/comfyui-operator/tools}"
 export GOFLAGS="${GOFLAGS:--mod=mod}"
@@ -48,7 +57,7 @@ run_once() {
 }
 
 build_k8s() {
-  local version=$1 out=$2 minor staging
+  local version=${1%+*} out=$2 minor staging
   minor=$(echo "$version" | cut -d. -f2)
   staging="v0.${version#v1.}"
   mkdir -p "$out" wrapper
@@ -70,7 +79,8 @@ MOD
       awk -v v="$staging" '{print "\t" $1 " => " $1 " " v}'
     echo ")"
   } >> go.mod
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) pkgs=() cmd
+  # The control plane and kubectl for the API-server tier; kubelet, kubeadm and kube-proxy for the kind node image.
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kubeadm kube-proxy) pkgs=() cmd
   for cmd in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd@$version"); done
   go get "${pkgs[@]}" >&2
   local pkg=k8s.io/component-base/version
@@ -123,10 +133,23 @@ build_helm() {
   GOBIN="$2" go install -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$version" >&2
 }
 build_kind() { mkdir -p "$2"; GOBIN="$2" go install -ldflags "-s -w" "sigs.k8s.io/kind@$1" >&2; }
+build_crictl() {
+  mkdir -p "$2"
+  GOBIN="$2" go install -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$1" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$1" >&2
+}
+build_coredns() {
+  mkdir -p "$2"
+  GOBIN="$2" go install -ldflags "-s -w" "github.com/coredns/coredns@$1" >&2
+}
+build_local_path() {
+  mkdir -p "$2"
+  GOBIN="$2" go install -ldflags "-s -w -X main.VERSION=$1" "github.com/rancher/local-path-provisioner@$1" >&2
+}
 
 print_env() {
   local k e kw h
-  k=$(dir_for kubernetes "$K8S_VERSION")/bin; e=$(dir_for etcd "$ETCD_VERSION")/bin
+  k=$(dir_for kubernetes "$K8S_KEY")/bin; e=$(dir_for etcd "$ETCD_VERSION")/bin
   kw=$(dir_for kwok "$KWOK_VERSION")/bin; h=$(dir_for helm "$HELM_VERSION+$HELM_STAMP")/bin
   cat <<ENV
 export COMFYUI_TOOLS_BIN="$k:$e:$kw:$h:$(dir_for kind "$KIND_VERSION")/bin"
@@ -150,12 +173,16 @@ main() {
   [[ ${#targets[@]} -gt 0 ]] || targets=(helm kwok etcd k8s)
   for t in "${targets[@]}"; do
     case "$t" in
-      k8s) run_once kubernetes "$K8S_VERSION" build_k8s ;;
+      k8s) run_once kubernetes "$K8S_KEY" build_k8s ;;
       etcd) run_once etcd "$ETCD_VERSION" build_etcd ;;
       kwok) run_once kwok "$KWOK_VERSION" build_kwok ;;
       helm) run_once helm "$HELM_VERSION+$HELM_STAMP" build_helm ;;
       kind) run_once kind "$KIND_VERSION" build_kind ;;
-      all) main helm kwok etcd k8s kind ;;
+      node)
+        run_once crictl "$CRICTL_VERSION" build_crictl
+        run_once coredns "$COREDNS_VERSION" build_coredns
+        run_once local-path-provisioner "$LOCAL_PATH_VERSION" build_local_path ;;
+      all) main helm kwok etcd k8s kind node ;;
       *) echo "unknown tool: $t" >&2; return 2 ;;
     esac
   done

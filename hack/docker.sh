@@ -21,6 +21,17 @@ BASE_TAG="${LOCAL_BASE_IMAGE:-local/python:3.11-$SUITE}"
 START_TIMEOUT_S=60
 
 log() { printf '[docker %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+HACK_DIR=$(cd "$(dirname "$0")" && pwd)
+
+# The capability numbers missing from this process's bounding set (empty on a normal machine).
+missing_capabilities() {
+  local bounding last bit out=()
+  bounding=$((16#$(awk '/^CapBnd:/ {print $2}' /proc/self/status)))
+  last=$(cat /proc/sys/kernel/cap_last_cap)
+  for bit in $(seq 0 "$last"); do (( bounding >> bit & 1 )) || out+=("$bit"); done
+  echo "${out[*]}"
+}
+host_lacks_capabilities() { [[ -n "$(missing_capabilities)" ]]; }
 die() { printf 'hack/docker.sh: %s\n' "$*" >&2; exit 1; }
 
 docker_bin() {
@@ -49,10 +60,16 @@ cmd_start() {
   command -v dockerd >/dev/null || die "no Docker engine answers and dockerd is not installed;" \
     "apt-get install docker.io containerd iptables"
   mkdir -p "$CACHE_ROOT/data" "$CACHE_ROOT/exec"
+  local runtime_args=()
+  if host_lacks_capabilities; then
+    # kind nodes are privileged containers; runc can not grant a capability our bounding set lacks.
+    log "this host's root lacks capabilities ($(missing_capabilities)): runc through hack/runc-caps-wrapper"
+    runtime_args=(--add-runtime "caps-wrapper=$HACK_DIR/runc-caps-wrapper" --default-runtime caps-wrapper)
+  fi
   log "starting a private dockerd on $PRIVATE_SOCK (state in $CACHE_ROOT)"
   # setsid: the engine outlives this script; its pid goes to a file so `stop` ends exactly this process.
   setsid dockerd --host "unix://$PRIVATE_SOCK" --data-root "$CACHE_ROOT/data" --exec-root "$CACHE_ROOT/exec" \
-    --pidfile "$CACHE_ROOT/dockerd.pid" >"$CACHE_ROOT/dockerd.log" 2>&1 < /dev/null &
+    --pidfile "$CACHE_ROOT/dockerd.pid" "${runtime_args[@]}" >"$CACHE_ROOT/dockerd.log" 2>&1 < /dev/null &
   local deadline=$((SECONDS + START_TIMEOUT_S))
   until engine_answers "unix://$PRIVATE_SOCK"; do
     if (( SECONDS > deadline )); then

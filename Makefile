@@ -14,8 +14,9 @@ help: ## list the targets
 bootstrap: ## install everything the tests need (apt, pip, Go-built tools; cached)
 	hack/bootstrap.sh
 
-lint: ## ruff and mypy --strict
+lint: ## ruff check, ruff format --check, mypy --strict
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
 
 test-unit: ## pure logic: builders, rewriting, schemas

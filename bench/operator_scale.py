@@ -79,23 +79,38 @@ def nodes_for(instances: int) -> list[Manifest]:
 
 def start_operator(cluster: KwokCluster, kubectl: Kubectl, workdir: Path) -> OperatorProcess:
     Helm(cluster.tools.helm, cluster.kubeconfig).run(
-        "install", RELEASE, str(REPO_ROOT / "helm"), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-        "--wait", "--timeout", "180s")
+        "install",
+        RELEASE,
+        str(REPO_ROOT / "helm"),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+    )
     deployment = kubectl.items("deployments", RELEASE_NAMESPACE)[0]
     account = deployment["spec"]["template"]["spec"].get("serviceAccountName", "default")
     server, ca_file = cluster.server_and_ca()
     kubeconfig = workdir / "operator.kubeconfig"
     write_service_account_kubeconfig(kubectl, server, ca_file, RELEASE_NAMESPACE, account, kubeconfig)
     env = env_from_deployment(deployment, pod_name="bench-operator-0")
-    process = OperatorProcess(kubeconfig, workdir / "operator.log", env,
-                              pid_file=cluster.workdir / OPERATOR_PIDS / "bench-operator-0.pid")
+    process = OperatorProcess(
+        kubeconfig,
+        workdir / "operator.log",
+        env,
+        pid_file=cluster.workdir / OPERATOR_PIDS / "bench-operator-0.pid",
+    )
     process.start()
 
     def ready() -> bool:
         if not process.running:
             raise RuntimeError(f"operator exited:\n{process.log_text()[-3000:]}")
-        return any(healthz_ok(p) for p in process.ports()) or "Initial authentication has finished" in \
-            process.log_text()
+        return (
+            any(healthz_ok(p) for p in process.ports())
+            or "Initial authentication has finished" in process.log_text()
+        )
+
     wait_for(ready, timeout=60, what="the operator to start")
     return process
 
@@ -120,8 +135,11 @@ def measure(args: argparse.Namespace, result: Result, cluster: KwokCluster, work
     user = service_account_user(RELEASE_NAMESPACE, pod_spec.get("serviceAccountName", "default"))
     try:
         kubectl.run("create", "namespace", NAMESPACE)
-        wait_for(lambda: kubectl.get("serviceaccount", "default", NAMESPACE), timeout=60,
-                 what="the bench namespace")
+        wait_for(
+            lambda: kubectl.get("serviceaccount", "default", NAMESPACE),
+            timeout=60,
+            what="the bench namespace",
+        )
         items = [instance(f"bench-{i:03d}") for i in range(args.instances)]
         peak = rss_mb(operator.pid)
         started = time.monotonic()
@@ -158,9 +176,11 @@ def measure(args: argparse.Namespace, result: Result, cluster: KwokCluster, work
         result.idle_writes_by_resource = dict(delta)
         result.idle_writes_per_minute_metrics = round(sum(delta.values()) / minutes, 2)
         result.idle_operator_writes_per_minute_audit = round(
-            sum(e.resource != "leases" for e in operator_writes) / minutes, 2)
+            sum(e.resource != "leases" for e in operator_writes) / minutes, 2
+        )
         result.idle_operator_lease_writes_per_minute = round(
-            sum(e.resource == "leases" for e in operator_writes) / minutes, 2)
+            sum(e.resource == "leases" for e in operator_writes) / minutes, 2
+        )
         result.operator_rss_mb_idle = round(rss_mb(operator.pid), 1)
         result.operator_rss_mb_peak = round(max(peak, result.operator_rss_mb_idle), 1)
     finally:
@@ -172,13 +192,17 @@ def measure(args: argparse.Namespace, result: Result, cluster: KwokCluster, work
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=300.0, help="longest wait for all Ready (s)")
     parser.add_argument("--settle-seconds", type=float, default=15.0, help="pause between Ready and idle (s)")
     parser.add_argument("--idle-seconds", type=float, default=120.0, help="idle measurement window (s)")
-    parser.add_argument("--disable-qps-limits", action="store_true",
-                        help="lift the control plane's client QPS limits (kwokctl --disable-qps-limits)")
+    parser.add_argument(
+        "--disable-qps-limits",
+        action="store_true",
+        help="lift the control plane's client QPS limits (kwokctl --disable-qps-limits)",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--keep-log", help="copy the operator log to this file")
     args = parser.parse_args(argv)
@@ -191,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print(reason, file=sys.stderr)
         return 2
     nodes = nodes_for(args.instances)
-    result = Result(instances=args.instances, gpu_nodes=len(nodes) - 1,
-                    qps_limits_disabled=args.disable_qps_limits)
+    result = Result(
+        instances=args.instances, gpu_nodes=len(nodes) - 1, qps_limits_disabled=args.disable_qps_limits
+    )
     cluster = KwokCluster(tools, extra_args=["--disable-qps-limits"] if args.disable_qps_limits else [])
     try:
         with tempfile.TemporaryDirectory(prefix="operator-scale-") as workdir:

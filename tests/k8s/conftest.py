@@ -115,8 +115,17 @@ def helm(cluster: KwokCluster, tools: Tools) -> Helm:
 def release(helm: Helm, kubectl: Kubectl, test_kubelet: TestKubelet) -> Release:
     """`helm install` of the chart (CRDs, RBAC, ServiceAccount, Deployment that kwok 'runs')."""
     assert (CHART_DIR / "Chart.yaml").is_file(), f"no Helm chart at {CHART_DIR} (the packaging issue)"
-    out = helm.run("install", RELEASE, str(CHART_DIR), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-                   "--wait", "--timeout", "180s").stdout
+    out = helm.run(
+        "install",
+        RELEASE,
+        str(CHART_DIR),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+    ).stdout
     kubectl.run("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
     deployment = chart_deployment(kubectl, RELEASE_NAMESPACE)
     account = str(deployment["spec"]["template"]["spec"].get("serviceAccountName", "default"))
@@ -156,8 +165,11 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     short = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40].strip("-")
     name = f"t-{short}-{uuid.uuid4().hex[:5]}"
     kubectl.run("create", "namespace", name)
-    wait_for(lambda: kubectl.get("serviceaccount", "default", name), timeout=30,
-             what=f"the default ServiceAccount in {name}")
+    wait_for(
+        lambda: kubectl.get("serviceaccount", "default", name),
+        timeout=30,
+        what=f"the default ServiceAccount in {name}",
+    )
     request.node.k8s_namespace = name
     yield name
     with contextlib.suppress(CommandFailed):

@@ -54,8 +54,15 @@ A100 = "NVIDIA-A100-SXM4-80GB"
 H100 = "NVIDIA-H100-80GB-HBM3"
 
 
-def fake_node(name: str, *, gpus: int = 0, zone: str = "zone-a", cpu: str = "64",
-              memory: str = "512Gi", product: str = A100) -> Manifest:
+def fake_node(
+    name: str,
+    *,
+    gpus: int = 0,
+    zone: str = "zone-a",
+    cpu: str = "64",
+    memory: str = "512Gi",
+    product: str = A100,
+) -> Manifest:
     """A Node that kwok simulates; GPU nodes carry the NVIDIA device plugin's resource, labels and taint."""
     labels = {
         "kubernetes.io/hostname": name,
@@ -114,8 +121,14 @@ def _pid_alive(pid: int) -> bool:
 class KwokCluster:
     """One cluster under its own working directory; `start()` then `stop()` (idempotent)."""
 
-    def __init__(self, tools: Tools, *, name: str | None = None, state_root: Path = STATE_ROOT,
-                 extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        tools: Tools,
+        *,
+        name: str | None = None,
+        state_root: Path = STATE_ROOT,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.tools = tools
         self.extra_args = extra_args or []
         self.name = name or f"cui-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -154,7 +167,11 @@ class KwokCluster:
     def create_args(self) -> list[str]:
         t = self.tools
         return [
-            str(t.kwokctl), "create", "cluster", f"--name={self.name}", "--runtime=binary",
+            str(t.kwokctl),
+            "create",
+            "cluster",
+            f"--name={self.name}",
+            "--runtime=binary",
             f"--kube-apiserver-binary={t.kube_apiserver}",
             f"--kube-controller-manager-binary={t.kube_controller_manager}",
             f"--kube-scheduler-binary={t.kube_scheduler}",
@@ -162,7 +179,8 @@ class KwokCluster:
             f"--etcd-binary={t.etcd}",
             f"--kubeconfig={self.user_kubeconfig}",
             f"--kube-audit-policy={self.audit_policy}",
-            "--wait=120s", "--timeout=240s",
+            "--wait=120s",
+            "--timeout=240s",
             *self.extra_args,
         ]
 
@@ -172,8 +190,10 @@ class KwokCluster:
         output = run_tool(args, env=self.env(), timeout=60)
         fetched = remote_downloads(output.stdout + output.stderr)
         if fetched:
-            raise AssertionError(f"kwokctl would download {fetched}; every component must come from "
-                                 f"the cache (check the KWOK_* variables of {self.tools.kwokctl.parent})")
+            raise AssertionError(
+                f"kwokctl would download {fetched}; every component must come from "
+                f"the cache (check the KWOK_* variables of {self.tools.kwokctl.parent})"
+            )
 
     def start(self, nodes: list[Manifest] | None = None) -> None:
         self.audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
@@ -184,16 +204,25 @@ class KwokCluster:
         kubectl = self.kubectl()
         kubectl.apply(nodes if nodes is not None else default_nodes())
         expected = len(nodes if nodes is not None else default_nodes())
-        wait_for(lambda: sum(node_is_ready(n) for n in kubectl.items("nodes")) == expected,
-                 timeout=90, what=f"{expected} fake nodes Ready")
-        wait_for(lambda: kubectl.get("serviceaccount", "default", "default"), timeout=90,
-                 what="the controller manager to create the default ServiceAccount")
+        wait_for(
+            lambda: sum(node_is_ready(n) for n in kubectl.items("nodes")) == expected,
+            timeout=90,
+            what=f"{expected} fake nodes Ready",
+        )
+        wait_for(
+            lambda: kubectl.get("serviceaccount", "default", "default"),
+            timeout=90,
+            what="the controller manager to create the default ServiceAccount",
+        )
 
     def check_pod_stages(self) -> None:
         """kwok must run with pod lifecycle stages, or pods never become Running/Ready."""
         config_text = (self.cluster_dir / "kwok.yaml").read_text()
-        names = {doc.get("metadata", {}).get("name") for doc in yaml.safe_load_all(config_text)
-                 if isinstance(doc, dict) and doc.get("kind") == "Stage"}
+        names = {
+            doc.get("metadata", {}).get("name")
+            for doc in yaml.safe_load_all(config_text)
+            if isinstance(doc, dict) and doc.get("kind") == "Stage"
+        }
         missing = {"pod-ready", "pod-delete", "node-initialize"} - names
         if missing:
             raise AssertionError(f"kwok runs without the stages {sorted(missing)}; pods would never be Ready")
@@ -217,8 +246,11 @@ class KwokCluster:
         self.stopped = True
         if self.started:
             with contextlib.suppress(CommandFailed, OSError, TimeoutError):
-                run_tool([str(self.tools.kwokctl), "delete", "cluster", f"--name={self.name}"],
-                         env=self.env(), timeout=120)
+                run_tool(
+                    [str(self.tools.kwokctl), "delete", "cluster", f"--name={self.name}"],
+                    env=self.env(),
+                    timeout=120,
+                )
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

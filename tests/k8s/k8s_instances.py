@@ -64,8 +64,11 @@ def claim(name: str, access: str = "ReadOnlyMany", size: str = "100Gi") -> Manif
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {"name": name},
-        "spec": {"accessModes": [access], "storageClassName": "",
-                 "resources": {"requests": {"storage": size}}},
+        "spec": {
+            "accessModes": [access],
+            "storageClassName": "",
+            "resources": {"requests": {"storage": size}},
+        },
     }
 
 
@@ -126,8 +129,14 @@ def prerequisites(namespace: str, documents: list[Manifest]) -> list[Manifest]:
 
 
 def priority_class(name: str) -> Manifest:
-    return {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
-            "value": 1000, "globalDefault": False, "description": "created by the k8s test tier"}
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": name},
+        "value": 1000,
+        "globalDefault": False,
+        "description": "created by the k8s test tier",
+    }
 
 
 def in_namespace(documents: list[Manifest], namespace: str) -> list[Manifest]:
@@ -159,8 +168,10 @@ def describe_status(obj: Manifest | None) -> str:
     if obj is None:
         return "object not found"
     status = obj.get("status", {})
-    conds = ", ".join(f"{c.get('type')}={c.get('status')}({c.get('reason')}: {c.get('message')})"
-                      for c in status.get("conditions", []) or [])
+    conds = ", ".join(
+        f"{c.get('type')}={c.get('status')}({c.get('reason')}: {c.get('message')})"
+        for c in status.get("conditions", []) or []
+    )
     return f"readyReplicas={status.get('readyReplicas')} conditions=[{conds}]"
 
 
@@ -171,14 +182,23 @@ def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 90)
     def ready() -> Manifest | None:
         last[0] = kubectl.get(RESOURCE, name, namespace)
         return last[0] if is_ready(last[0]) else None
+
     try:
         return wait_for(ready, timeout=timeout, what=f"{namespace}/{name} Ready")
     except AssertionError as error:
         raise AssertionError(f"{error}; last status: {describe_status(last[0])}") from None
 
 
-def wait_condition(kubectl: Kubectl, name: str, namespace: str, kind: str, *, status: str,
-                   reason: str | None = None, timeout: float = 90) -> Manifest:
+def wait_condition(
+    kubectl: Kubectl,
+    name: str,
+    namespace: str,
+    kind: str,
+    *,
+    status: str,
+    reason: str | None = None,
+    timeout: float = 90,
+) -> Manifest:
     """Until condition `kind` has `status` (and `reason` when given); returns the condition."""
     last: list[Manifest | None] = [None]
 
@@ -188,6 +208,7 @@ def wait_condition(kubectl: Kubectl, name: str, namespace: str, kind: str, *, st
         if cond and cond.get("status") == status and (reason is None or cond.get("reason") == reason):
             return cond
         return None
+
     try:
         return wait_for(matches, timeout=timeout, what=f"{namespace}/{name} {kind}={status} {reason or ''}")
     except AssertionError as error:

@@ -28,11 +28,18 @@ class CommandFailed(AssertionError):
         super().__init__(f"`{shown}` exited {result.returncode}:\n{detail}")
 
 
-def run_tool(args: Sequence[str], *, input_text: str | None = None, timeout: float = 120,
-             check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_tool(
+    args: Sequence[str],
+    *,
+    input_text: str | None = None,
+    timeout: float = 120,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Runs a command with a time bound; raises CommandFailed on a non-zero exit when check is set."""
-    result = subprocess.run(list(args), input=input_text, capture_output=True, text=True, timeout=timeout,
-                            check=False, env=env)
+    result = subprocess.run(
+        list(args), input=input_text, capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
     if check and result.returncode != 0:
         raise CommandFailed(args, result)
     return result
@@ -42,8 +49,9 @@ def dump_manifests(manifests: Sequence[Manifest]) -> str:
     return yaml.safe_dump_all(list(manifests), sort_keys=False)
 
 
-def wait_for(condition: Callable[[], T | None], *, timeout: float, interval: float = 0.5,
-             what: str = "condition") -> T:
+def wait_for(
+    condition: Callable[[], T | None], *, timeout: float, interval: float = 0.5, what: str = "condition"
+) -> T:
     """Polls `condition` until it returns something truthy, at most `timeout` seconds; returns that value."""
     deadline = time.monotonic() + timeout
     last: T | None = None
@@ -70,8 +78,9 @@ class Kubectl:
             cmd.append(f"--as={self.as_user}")
         return cmd
 
-    def run(self, *args: str, input_text: str | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, input_text: str | None = None, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return run_tool([*self.base(), *args], input_text=input_text, timeout=timeout, check=check)
 
     def out(self, *args: str, timeout: float = 120) -> str:
@@ -97,8 +106,14 @@ class Kubectl:
         items: list[Manifest] = json.loads(self.out(*args))["items"]
         return items
 
-    def apply(self, manifests: Sequence[Manifest], namespace: str | None = None, *,
-              server_side: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def apply(
+        self,
+        manifests: Sequence[Manifest],
+        namespace: str | None = None,
+        *,
+        server_side: bool = False,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
         args = ["apply", "-f", "-"]
         if namespace:
             args += ["-n", namespace]
@@ -106,8 +121,9 @@ class Kubectl:
             args += ["--server-side", "--field-manager=k8s-tier-test"]
         return self.run(*args, input_text=dump_manifests(manifests), check=check)
 
-    def apply_file(self, path: Path, namespace: str | None = None, *,
-                   check: bool = True) -> subprocess.CompletedProcess[str]:
+    def apply_file(
+        self, path: Path, namespace: str | None = None, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         args = ["apply", "-f", str(path)]
         if namespace:
             args += ["-n", namespace]

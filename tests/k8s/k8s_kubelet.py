@@ -19,8 +19,10 @@ LABEL = "k8s-tier/kubelet"
 TAINT: Manifest = {"key": LABEL, "value": "test", "effect": "NoSchedule"}
 PLACEMENT: Manifest = {
     "nodeSelector": {LABEL: "test"},
-    "tolerations": [{"key": LABEL, "operator": "Exists", "effect": "NoSchedule"},
-                    {"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+    "tolerations": [
+        {"key": LABEL, "operator": "Exists", "effect": "NoSchedule"},
+        {"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"},
+    ],
 }
 
 
@@ -40,8 +42,14 @@ def kubelet_node() -> Manifest:
 
 def ready_condition() -> Manifest:
     now = _now()
-    return {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "k8s-tier test kubelet",
-            "lastHeartbeatTime": now, "lastTransitionTime": now}
+    return {
+        "type": "Ready",
+        "status": "True",
+        "reason": "KubeletReady",
+        "message": "k8s-tier test kubelet",
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    }
 
 
 def secret_names(pod: Manifest) -> set[str]:
@@ -70,24 +78,59 @@ def pod_status(pod: Manifest, missing: list[str]) -> Manifest:
     containers = pod["spec"]["containers"]
     if missing:
         message = f'secret "{missing[0]}" not found'
-        states = [{"name": c["name"], "image": c["image"], "ready": False, "restartCount": 0,
-                   "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}
-                  for c in containers]
-        return {"phase": "Pending", "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
-             "lastTransitionTime": now}],
-            "containerStatuses": states}
-    states = [{"name": c["name"], "image": c["image"], "ready": True, "started": True, "restartCount": 0,
-               "state": {"running": {"startedAt": now}}} for c in containers]
-    return {"phase": "Running", "podIP": "10.0.99.10", "hostIP": "10.0.99.1", "startTime": now,
+        states = [
+            {
+                "name": c["name"],
+                "image": c["image"],
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}},
+            }
+            for c in containers
+        ]
+        return {
+            "phase": "Pending",
             "conditions": [
-        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-        {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-        {"type": "Ready", "status": "True", "lastTransitionTime": now},
-        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}],
-        "containerStatuses": states}
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "ContainersNotReady",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "ContainersReady",
+                    "status": "False",
+                    "reason": "ContainersNotReady",
+                    "lastTransitionTime": now,
+                },
+            ],
+            "containerStatuses": states,
+        }
+    states = [
+        {
+            "name": c["name"],
+            "image": c["image"],
+            "ready": True,
+            "started": True,
+            "restartCount": 0,
+            "state": {"running": {"startedAt": now}},
+        }
+        for c in containers
+    ]
+    return {
+        "phase": "Running",
+        "podIP": "10.0.99.10",
+        "hostIP": "10.0.99.1",
+        "startTime": now,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+        ],
+        "containerStatuses": states,
+    }
 
 
 class TestKubelet:
@@ -129,19 +172,39 @@ class TestKubelet:
 
     def _patch_status(self, kind: str, name: str, namespace: str | None, status: Manifest) -> None:
         ns = ["-n", namespace] if namespace else []
-        self.kubectl.run("patch", kind, name, *ns, "--subresource=status", "--type=merge",
-                         "-p", json.dumps({"status": status}), timeout=30)
+        self.kubectl.run(
+            "patch",
+            kind,
+            name,
+            *ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": status}),
+            timeout=30,
+        )
 
     def sync_pods(self) -> None:
-        pods = json.loads(self.kubectl.out("get", "pods", "--all-namespaces", "-o", "json",
-                                           f"--field-selector=spec.nodeName={NODE}"))["items"]
+        pods = json.loads(
+            self.kubectl.out(
+                "get", "pods", "--all-namespaces", "-o", "json", f"--field-selector=spec.nodeName={NODE}"
+            )
+        )["items"]
         listed = json.loads(self.kubectl.out("get", "secrets", "--all-namespaces", "-o", "json"))["items"]
         secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in listed}
         for pod in pods:
             meta = pod["metadata"]
             if meta.get("deletionTimestamp"):
-                self.kubectl.run("delete", "pod", meta["name"], "-n", meta["namespace"], "--grace-period=0",
-                                 "--force", check=False)
+                self.kubectl.run(
+                    "delete",
+                    "pod",
+                    meta["name"],
+                    "-n",
+                    meta["namespace"],
+                    "--grace-period=0",
+                    "--force",
+                    check=False,
+                )
                 continue
             missing = sorted(n for n in secret_names(pod) if (meta["namespace"], n) not in secrets)
             wanted = "missing:" + ",".join(missing) if missing else "running"

@@ -18,7 +18,7 @@ BACKGROUND_RESOURCES = frozenset({"leases", "nodes"})
 CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 DECISION = "authorization.k8s.io/decision"  # "allow" or "forbid": tells RBAC denials from admission ones
 
-_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)')
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -59,19 +59,21 @@ def parse_audit(text: str) -> list[AuditEvent]:
             continue
         ref = raw.get("objectRef") or {}
         extra = (raw.get("user") or {}).get("extra") or {}
-        events.append(AuditEvent(
-            user=str(raw.get("user", {}).get("username", "")),
-            verb=str(raw.get("verb", "")),
-            resource=str(ref.get("resource", "")),
-            subresource=str(ref.get("subresource", "")),
-            namespace=str(ref.get("namespace", "")),
-            name=str(ref.get("name", "")),
-            code=int((raw.get("responseStatus") or {}).get("code", 0)),
-            timestamp=str(raw.get("stageTimestamp", "")),
-            credential=",".join(extra.get(CREDENTIAL_ID, [])),
-            decision=str((raw.get("annotations") or {}).get(DECISION, "")),
-            message=str((raw.get("responseStatus") or {}).get("message", "")),
-        ))
+        events.append(
+            AuditEvent(
+                user=str(raw.get("user", {}).get("username", "")),
+                verb=str(raw.get("verb", "")),
+                resource=str(ref.get("resource", "")),
+                subresource=str(ref.get("subresource", "")),
+                namespace=str(ref.get("namespace", "")),
+                name=str(ref.get("name", "")),
+                code=int((raw.get("responseStatus") or {}).get("code", 0)),
+                timestamp=str(raw.get("stageTimestamp", "")),
+                credential=",".join(extra.get(CREDENTIAL_ID, [])),
+                decision=str((raw.get("annotations") or {}).get(DECISION, "")),
+                message=str((raw.get("responseStatus") or {}).get("message", "")),
+            )
+        )
     return events
 
 

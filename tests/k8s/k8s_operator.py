@@ -32,8 +32,9 @@ def token_kubeconfig(server: str, ca_file: Path, token: str, user: str) -> dict[
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "k8s-tier",
-                      "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "clusters": [
+            {"name": "k8s-tier", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "operator", "context": {"cluster": "k8s-tier", "user": user}}],
         "current-context": "operator",
@@ -56,8 +57,15 @@ def token_credential_id(token: str) -> str:
     return f"JTI={claims['jti']}" if "jti" in claims else ""
 
 
-def write_service_account_kubeconfig(admin: Kubectl, server: str, ca_file: Path, namespace: str,
-                                     service_account: str, path: Path, duration: str = "6h") -> str:
+def write_service_account_kubeconfig(
+    admin: Kubectl,
+    server: str,
+    ca_file: Path,
+    namespace: str,
+    service_account: str,
+    path: Path,
+    duration: str = "6h",
+) -> str:
     """Requests a bound token for the ServiceAccount (TokenRequest API), writes a kubeconfig using it, and
     returns the token's credential id (never the token)."""
     token = admin.out("create", "token", service_account, "-n", namespace, f"--duration={duration}").strip()
@@ -67,7 +75,9 @@ def write_service_account_kubeconfig(admin: Kubectl, server: str, ca_file: Path,
 
 
 PORT_SETTINGS = (
-    "COMFYUI_OPERATOR_METRICS_PORT", "COMFYUI_OPERATOR_LIVENESS_PORT", "COMFYUI_OPERATOR_HEALTH_PORT",
+    "COMFYUI_OPERATOR_METRICS_PORT",
+    "COMFYUI_OPERATOR_LIVENESS_PORT",
+    "COMFYUI_OPERATOR_HEALTH_PORT",
 )
 
 
@@ -78,8 +88,9 @@ def free_port() -> int:
         return port
 
 
-def env_from_deployment(deployment: dict[str, Any], *, pod_name: str,
-                        next_port: Callable[[], int] = free_port) -> dict[str, str]:
+def env_from_deployment(
+    deployment: dict[str, Any], *, pod_name: str, next_port: Callable[[], int] = free_port
+) -> dict[str, str]:
     """The operator container's environment as the chart sets it, resolved for a local process.
 
     Downward-API values get the pod's name and namespace; every port gets a free local port, so several
@@ -124,8 +135,15 @@ def forbidden_lines(log_text: str) -> list[str]:
 class OperatorProcess:
     """`comfyui-operator` in a subprocess with its own kubeconfig; output goes to one log file."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, extra_env: dict[str, str] | None = None,
-                 args: list[str] | None = None, credential: str = "", pid_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        credential: str = "",
+        pid_file: Path | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.pid_file = pid_file
         self.credential = credential
@@ -136,8 +154,11 @@ class OperatorProcess:
         self.start_offset = 0
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("COMFYUI_OPERATOR_") and k not in {"KUBECONFIG"}}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("COMFYUI_OPERATOR_") and k not in {"KUBECONFIG"}
+        }
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
@@ -151,7 +172,10 @@ class OperatorProcess:
             log.write(f"\n===== operator start: {' '.join(operator_command() + self.args)} =====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                operator_command() + self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                operator_command() + self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
                 stdin=subprocess.DEVNULL,
             )
         if self.pid_file is not None:

@@ -94,12 +94,18 @@ class Operators:
         server, ca_file = self.cluster.server_and_ca()
         kubeconfig = self.cluster.workdir / f"{name}.kubeconfig"
         credential = write_service_account_kubeconfig(
-            self.cluster.kubectl(), server, ca_file, self.release.namespace, self.release.service_account,
-            kubeconfig)
+            self.cluster.kubectl(),
+            server,
+            ca_file,
+            self.release.namespace,
+            self.release.service_account,
+            kubeconfig,
+        )
         env = env_from_deployment(self.release.deployment, pod_name=name)
         pid_file = self.cluster.workdir / OPERATOR_PIDS / f"{name}.pid"
-        process = OperatorProcess(kubeconfig, self.log_dir / f"{name}.log", env, credential=credential,
-                                  pid_file=pid_file)
+        process = OperatorProcess(
+            kubeconfig, self.log_dir / f"{name}.log", env, credential=credential, pid_file=pid_file
+        )
         CLEANUP.add(process.close)
         return process
 
@@ -116,10 +122,12 @@ class Operators:
 STANDBY_LOG = "waiting for the lease"
 
 
-def wait_operator_ready(process: OperatorProcess, timeout: float = OPERATOR_READY_TIMEOUT, *,
-                        standby_ok: bool = False) -> None:
+def wait_operator_ready(
+    process: OperatorProcess, timeout: float = OPERATOR_READY_TIMEOUT, *, standby_ok: bool = False
+) -> None:
     """Until the process answers its liveness endpoint (kopf runs only while it holds the leader Lease), or,
     with `standby_ok`, until it has started waiting for the Lease."""
+
     def ready() -> bool:
         if not process.running:
             code = process.process.returncode if process.process else None
@@ -127,4 +135,5 @@ def wait_operator_ready(process: OperatorProcess, timeout: float = OPERATOR_READ
         if any(healthz_ok(port) for port in process.ports()):
             return True
         return standby_ok and STANDBY_LOG in process.log_text(process.start_offset)
+
     wait_for(ready, timeout=timeout, what="the operator to start (its liveness endpoint)")

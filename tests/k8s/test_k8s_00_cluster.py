@@ -25,7 +25,8 @@ def test_gpu_nodes_are_tainted_and_allocatable(kubectl: Kubectl) -> None:
         assert node["status"]["allocatable"][GPU_RESOURCE] == "8"
         assert {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"} in node["spec"]["taints"]
     assert "taints" not in nodes["cpu-node"]["spec"] or not any(
-        t["key"] == GPU_RESOURCE for t in nodes["cpu-node"]["spec"]["taints"])
+        t["key"] == GPU_RESOURCE for t in nodes["cpu-node"]["spec"]["taints"]
+    )
 
 
 def _pod(name: str, gpus: int) -> Manifest:
@@ -37,14 +38,16 @@ def _pod(name: str, gpus: int) -> Manifest:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
-def test_kwok_runs_pods_where_the_scheduler_puts_them(kubectl: Kubectl, namespace: str,
-                                                      cluster: KwokCluster) -> None:
+def test_kwok_runs_pods_where_the_scheduler_puts_them(
+    kubectl: Kubectl, namespace: str, cluster: KwokCluster
+) -> None:
     kubectl.apply([_pod("gpu-pod", 2), _pod("cpu-pod", 0)], namespace)
 
     def running() -> dict[str, str] | None:
         pods = kubectl.items("pods", namespace)
         ready = {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods if pod_ready(p)}
         return ready if len(ready) == 2 else None
+
     placed = wait_for(running, timeout=60, what="both pods Running and Ready")
     assert placed["gpu-pod"].startswith("gpu-node-")
     assert placed["cpu-pod"] == "cpu-node", "an untolerated pod must stay off the tainted GPU nodes"

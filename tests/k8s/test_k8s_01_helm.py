@@ -29,13 +29,26 @@ def test_chart_creates_operator_objects(release: Release, kubectl: Kubectl, helm
     assert '"status":"deployed"' in status.replace(" ", "")
     assert kubectl.get("serviceaccount", release.service_account, release.namespace) is not None
     bindings = kubectl.items("clusterrolebindings") + kubectl.items("rolebindings")
-    bound = [b for b in bindings
-             if any(s.get("kind") == "ServiceAccount" and s.get("name") == release.service_account
-                    and s.get("namespace") == release.namespace for s in b.get("subjects", []))]
+    bound = [
+        b
+        for b in bindings
+        if any(
+            s.get("kind") == "ServiceAccount"
+            and s.get("name") == release.service_account
+            and s.get("namespace") == release.namespace
+            for s in b.get("subjects", [])
+        )
+    ]
     assert bound, "no (Cluster)RoleBinding grants the operator's ServiceAccount anything"
     assert release.deployment["spec"]["template"]["spec"]["serviceAccountName"] == release.service_account
-    kubectl.run("rollout", "status", f"deployment/{release.deployment['metadata']['name']}",
-                "-n", release.namespace, "--timeout=60s")
+    kubectl.run(
+        "rollout",
+        "status",
+        f"deployment/{release.deployment['metadata']['name']}",
+        "-n",
+        release.namespace,
+        "--timeout=60s",
+    )
 
 
 def test_kubectl_explain_prints_field_docs(release: Release, kubectl: Kubectl) -> None:

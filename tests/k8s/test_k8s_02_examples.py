@@ -36,13 +36,15 @@ def _pod_problems(pod: Manifest, spec: Manifest, gpu_nodes: set[str]) -> list[st
     mounts = [m for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])]
     claim = spec.get("models", {}).get("claimName")
     if claim:
-        model_volumes = [n for n, v in volumes.items()
-                         if v.get("persistentVolumeClaim", {}).get("claimName") == claim]
+        model_volumes = [
+            n for n, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+        ]
         if not model_volumes:
             problems.append(f"{name}: no volume for PVC {claim}")
         for volume in model_volumes:
             read_only = volumes[volume]["persistentVolumeClaim"].get("readOnly") or all(
-                m.get("readOnly") for m in mounts if m["name"] == volume)
+                m.get("readOnly") for m in mounts if m["name"] == volume
+            )
             if not read_only:
                 problems.append(f"{name}: model PVC volume {volume} is writable")
     limit = str(spec.get("cache", {}).get("sizeLimit", "20Gi"))
@@ -55,8 +57,9 @@ def _pod_problems(pod: Manifest, spec: Manifest, gpu_nodes: set[str]) -> list[st
 
 
 @pytest.mark.parametrize("example", ["instance.yaml", "multi-instance.yaml"])
-def test_example_is_served_as_promised(example: str, kubectl: Kubectl, operator: OperatorProcess,
-                                       operators: Operators, namespace: str) -> None:
+def test_example_is_served_as_promised(
+    example: str, kubectl: Kubectl, operator: OperatorProcess, operators: Operators, namespace: str
+) -> None:
     documents = load_documents(EXAMPLES / example)
     kubectl.apply(in_namespace(prerequisites(namespace, documents), namespace))
     kubectl.apply(in_namespace(documents, namespace))

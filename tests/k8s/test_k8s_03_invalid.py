@@ -42,8 +42,9 @@ def test_there_are_at_least_fifteen_invalid_examples() -> None:
 @pytest.mark.parametrize("path", REJECTED, ids=[p.stem for p in REJECTED])
 def test_invalid_example_is_rejected(path: Path, kubectl: Kubectl, invalid_namespace: str) -> None:
     documents = in_namespace(load_documents(path), invalid_namespace)
-    result = kubectl.run("create", "--dry-run=server", "-f", "-", input_text=dump_manifests(documents),
-                         check=False)
+    result = kubectl.run(
+        "create", "--dry-run=server", "-f", "-", input_text=dump_manifests(documents), check=False
+    )
     message = result.stderr.strip()
     assert result.returncode != 0, f"{path.name} was accepted:\n{result.stdout}"
     assert "is invalid" in message or "unknown field" in message or "strict decoding" in message, message
@@ -56,8 +57,9 @@ def test_invalid_example_is_rejected(path: Path, kubectl: Kubectl, invalid_names
 
 
 @pytest.mark.parametrize("path", REPORTED, ids=[p.stem for p in REPORTED])
-def test_invalid_example_is_reported_by_the_operator(path: Path, kubectl: Kubectl, operator: OperatorProcess,
-                                                      namespace: str) -> None:
+def test_invalid_example_is_reported_by_the_operator(
+    path: Path, kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
     reason = expectations(path, "expect-condition")[0]
     documents = in_namespace(load_documents(path), namespace)
     kubectl.apply(documents)
@@ -69,10 +71,14 @@ def test_invalid_example_is_reported_by_the_operator(path: Path, kubectl: Kubect
             if cond.get("reason") == reason and cond.get("status") == "True":
                 return dict(cond)
         return None
+
     cond = wait_for(reported, timeout=60, what=f"a condition with reason {reason}")
     assert cond["message"]
-    events = [e for e in kubectl.items("events", namespace)
-              if e.get("involvedObject", {}).get("name") == name and e.get("reason") == reason]
+    events = [
+        e
+        for e in kubectl.items("events", namespace)
+        if e.get("involvedObject", {}).get("name") == name and e.get("reason") == reason
+    ]
     assert events, f"no Event with reason {reason}"
     assert events[0]["type"] == "Warning"
     assert operator.running, "an invalid spec must not crash the operator"

@@ -28,10 +28,12 @@ def _operator_writes(audit: AuditLog, user: str, namespace: str) -> list[AuditEv
 
 def _settle(audit: AuditLog, user: str, namespace: str, timeout: float = 60) -> None:
     """Until the operator has written nothing in `namespace` for a few seconds (status catching up)."""
+
     def quiet() -> bool:
         audit.mark()
         time.sleep(4)
         return not _operator_writes(audit, user, namespace)
+
     wait_for(quiet, timeout=timeout, interval=0, what="the operator to stop writing after Ready")
 
 
@@ -44,8 +46,9 @@ def _versions(kubectl: Kubectl, name: str, namespace: str) -> dict[str, str]:
     return found
 
 
-def test_spec_update_rolls_out_a_new_pod_template(kubectl: Kubectl, operator: OperatorProcess,
-                                                  namespace: str) -> None:
+def test_spec_update_rolls_out_a_new_pod_template(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
     kubectl.apply([instance("roll", warmup=_warmup(64))], namespace)
     wait_ready(kubectl, "roll", namespace)
     before = kubectl.get("deployment", "roll", namespace)
@@ -62,18 +65,24 @@ def test_spec_update_rolls_out_a_new_pod_template(kubectl: Kubectl, operator: Op
         status = deploy.get("status", {})
         new_hash = deploy["spec"]["template"]["metadata"]["annotations"].get(CONFIG_HASH_ANNOTATION)
         pods = {p["metadata"]["name"] for p in kubectl.items("pods", namespace) if pod_ready(p)}
-        done = (new_hash != old_hash and status.get("observedGeneration") == deploy["metadata"]["generation"]
-                and status.get("updatedReplicas") == status.get("readyReplicas") == 1
-                and pods and not pods & old_pods)
+        done = (
+            new_hash != old_hash
+            and status.get("observedGeneration") == deploy["metadata"]["generation"]
+            and status.get("updatedReplicas") == status.get("readyReplicas") == 1
+            and pods
+            and not pods & old_pods
+        )
         return deploy if done else None
+
     deploy = wait_for(rolled, timeout=90, what="a rollout with a new config hash")
     assert deploy["metadata"]["generation"] > before["metadata"]["generation"]
     live = wait_ready(kubectl, "roll", namespace)
     assert live["status"].get("observedGeneration") == live["metadata"]["generation"]
 
 
-def test_unchanged_reapply_makes_no_write(kubectl: Kubectl, operator: OperatorProcess, operators: Operators,
-                                          namespace: str, audit: AuditLog) -> None:
+def test_unchanged_reapply_makes_no_write(
+    kubectl: Kubectl, operator: OperatorProcess, operators: Operators, namespace: str, audit: AuditLog
+) -> None:
     manifest = instance("steady", replicas=2)
     kubectl.apply([manifest], namespace, server_side=True)
     wait_ready(kubectl, "steady", namespace)

@@ -15,37 +15,51 @@ def _hpa(target: str) -> Manifest:
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": target},
         "spec": {
-            "scaleTargetRef": {"apiVersion": "comfyui.operator.dev/v1alpha1", "kind": "ComfyUIInstance",
-                               "name": target},
+            "scaleTargetRef": {
+                "apiVersion": "comfyui.operator.dev/v1alpha1",
+                "kind": "ComfyUIInstance",
+                "name": target,
+            },
             "minReplicas": 1,
             "maxReplicas": 4,
-            "metrics": [{"type": "Resource", "resource": {
-                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }
+            ],
         },
     }
 
 
-def test_kubectl_scale_reaches_the_deployment(kubectl: Kubectl, operator: OperatorProcess,
-                                              namespace: str) -> None:
+def test_kubectl_scale_reaches_the_deployment(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
     kubectl.apply([instance("scaled", replicas=1)], namespace)
     wait_ready(kubectl, "scaled", namespace)
     kubectl.run("scale", "cui/scaled", "--replicas=3", "-n", namespace)
+
     def scaled() -> bool:
         deploy = kubectl.get("deployment", "scaled", namespace) or {}
         return bool(deploy.get("spec", {}).get("replicas") == 3)
+
     wait_for(scaled, timeout=60, what="the Deployment at 3 replicas")
     live = wait_ready(kubectl, "scaled", namespace)
     assert live["status"]["readyReplicas"] == 3
-    scale = json.loads(kubectl.raw(
-        f"/apis/comfyui.operator.dev/v1alpha1/namespaces/{namespace}/comfyuiinstances/scaled/scale"))
+    scale = json.loads(
+        kubectl.raw(
+            f"/apis/comfyui.operator.dev/v1alpha1/namespaces/{namespace}/comfyuiinstances/scaled/scale"
+        )
+    )
     assert scale["spec"]["replicas"] == 3
     assert scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == live["status"]["selector"]
     assert scale["status"]["selector"], "an empty selector makes HPA unusable"
 
 
-def test_hpa_targeting_the_instance_can_scale_it(kubectl: Kubectl, operator: OperatorProcess,
-                                                 namespace: str) -> None:
+def test_hpa_targeting_the_instance_can_scale_it(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
     kubectl.apply([instance("autoscaled", replicas=1)], namespace)
     wait_ready(kubectl, "autoscaled", namespace)
     kubectl.apply([_hpa("autoscaled")], namespace)
@@ -56,5 +70,6 @@ def test_hpa_targeting_the_instance_can_scale_it(kubectl: Kubectl, operator: Ope
             if cond["type"] == "AbleToScale" and cond["status"] == "True":
                 return dict(cond)
         return None
+
     cond = wait_for(able, timeout=90, what="the HPA controller to read the instance's scale subresource")
     assert cond["reason"] == "SucceededGetScale"

@@ -14,11 +14,15 @@ def _unschedulable(obj: Manifest | None) -> Manifest | None:
     return None
 
 
-def test_too_many_gpus_is_reported_then_fixed(kubectl: Kubectl, operator: OperatorProcess,
-                                              namespace: str) -> None:
+def test_too_many_gpus_is_reported_then_fixed(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
     kubectl.apply([instance("greedy", gpus=12)], namespace)
-    cond = wait_for(lambda: _unschedulable(kubectl.get(RESOURCE, "greedy", namespace)), timeout=90,
-                    what="a condition with reason Unschedulable")
+    cond = wait_for(
+        lambda: _unschedulable(kubectl.get(RESOURCE, "greedy", namespace)),
+        timeout=90,
+        what="a condition with reason Unschedulable",
+    )
     assert cond["message"], "Unschedulable without a message"
     live = kubectl.get(RESOURCE, "greedy", namespace)
     ready = [c for c in (live or {})["status"]["conditions"] if c["type"] == "Ready"]

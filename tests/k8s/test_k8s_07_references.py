@@ -16,8 +16,10 @@ from k8s_operator import OperatorProcess
 
 MISSING: dict[str, tuple[str, Manifest]] = {
     "pvc": ("late-models", {"models": {"claimName": "late-models"}}),
-    "configmap": ("late-warmup",
-                  {"warmup": {"configMapRef": {"name": "late-warmup", "key": "workflow.json"}}}),
+    "configmap": (
+        "late-warmup",
+        {"warmup": {"configMapRef": {"name": "late-warmup", "key": "workflow.json"}}},
+    ),
     "secret": ("late-hf", {"huggingFace": {"tokenSecretRef": {"name": "late-hf", "key": "token"}}}),
 }
 
@@ -30,16 +32,20 @@ def _condition_naming(obj: Manifest | None, name: str) -> Manifest | None:
 
 
 @pytest.mark.parametrize("kind", sorted(MISSING))
-def test_missing_reference_is_reported_and_heals(kind: str, kubectl: Kubectl, operator: OperatorProcess,
-                                                 namespace: str, kubelet: TestKubelet) -> None:
+def test_missing_reference_is_reported_and_heals(
+    kind: str, kubectl: Kubectl, operator: OperatorProcess, namespace: str, kubelet: TestKubelet
+) -> None:
     missing, spec = MISSING[kind]
     placement = PLACEMENT if kind == "secret" else {}
     item = instance(f"refs-{kind}", **spec, **placement)
     name = item["metadata"]["name"]
     kubectl.apply([item], namespace)
 
-    cond = wait_for(lambda: _condition_naming(kubectl.get(RESOURCE, name, namespace), missing), timeout=90,
-                    what=f"a condition naming the missing {kind} {missing}")
+    cond = wait_for(
+        lambda: _condition_naming(kubectl.get(RESOURCE, name, namespace), missing),
+        timeout=90,
+        what=f"a condition naming the missing {kind} {missing}",
+    )
     assert re.fullmatch(r"[A-Z][A-Za-z]+", cond["reason"]), cond
     live = kubectl.get(RESOURCE, name, namespace)
     ready = [c for c in (live or {})["status"]["conditions"] if c["type"] == "Ready"]
@@ -49,10 +55,14 @@ def test_missing_reference_is_reported_and_heals(kind: str, kubectl: Kubectl, op
     def warning() -> Manifest | None:
         for event in kubectl.items("events", namespace):
             involved = event.get("involvedObject", {})
-            if involved.get("name") == name and involved.get("kind") == "ComfyUIInstance" \
-                    and missing in event.get("message", ""):
+            if (
+                involved.get("name") == name
+                and involved.get("kind") == "ComfyUIInstance"
+                and missing in event.get("message", "")
+            ):
                 return dict(event)
         return None
+
     event = wait_for(warning, timeout=60, what=f"an Event on {name} naming {missing}")
     assert event["type"] == "Warning"
     assert re.fullmatch(r"[A-Z][A-Za-z]+", event["reason"]), event

@@ -11,8 +11,12 @@ OWNED_KINDS = ("deployments", "services", "configmaps", "poddisruptionbudgets")
 
 
 def _owned(kubectl: Kubectl, owner: Manifest, namespace: str) -> list[str]:
-    return [f"{kind}/{obj['metadata']['name']}" for kind in OWNED_KINDS
-            for obj in kubectl.items(kind, namespace) if owned_by(obj, owner)]
+    return [
+        f"{kind}/{obj['metadata']['name']}"
+        for kind in OWNED_KINDS
+        for obj in kubectl.items(kind, namespace)
+        if owned_by(obj, owner)
+    ]
 
 
 def test_delete_collects_owned_objects(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
@@ -24,14 +28,17 @@ def test_delete_collects_owned_objects(kubectl: Kubectl, operator: OperatorProce
 
     kubectl.run("delete", "cui", "doomed", "-n", namespace, "--wait=true", "--timeout=60s")
     assert kubectl.get(RESOURCE, "doomed", namespace) is None
-    wait_for(lambda: not _owned(kubectl, live, namespace), timeout=90,
-             what=f"garbage collection of {owned}")
-    wait_for(lambda: not kubectl.items("pods", namespace, live["status"]["selector"]), timeout=90,
-             what="the pods to go")
+    wait_for(lambda: not _owned(kubectl, live, namespace), timeout=90, what=f"garbage collection of {owned}")
+    wait_for(
+        lambda: not kubectl.items("pods", namespace, live["status"]["selector"]),
+        timeout=90,
+        what="the pods to go",
+    )
 
 
-def test_finalizers_are_the_operators_own(kubectl: Kubectl, operator: OperatorProcess,
-                                          namespace: str) -> None:
+def test_finalizers_are_the_operators_own(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
     """Any finalizer is under the API group's domain and is removed promptly when the instance is deleted."""
     kubectl.apply([instance("short-lived")], namespace)
     live = wait_ready(kubectl, "short-lived", namespace)

@@ -19,13 +19,17 @@ def _writes_in(audit: AuditLog, user: str, namespace: str) -> list[AuditEvent]:
     return [e for e in writes(audit.since_mark(), user) if e.namespace == namespace]
 
 
-def test_killed_mid_reconcile_then_restarted_converges(kubectl: Kubectl, operator: OperatorProcess,
-                                                       operators: Operators, namespace: str,
-                                                       audit: AuditLog) -> None:
+def test_killed_mid_reconcile_then_restarted_converges(
+    kubectl: Kubectl, operator: OperatorProcess, operators: Operators, namespace: str, audit: AuditLog
+) -> None:
     audit.mark()
     kubectl.apply([instance("phoenix", replicas=2)], namespace)
-    first = wait_for(lambda: _writes_in(audit, operators.user, namespace), timeout=60, interval=0.02,
-                     what="the operator's first write for the new instance")
+    first = wait_for(
+        lambda: _writes_in(audit, operators.user, namespace),
+        timeout=60,
+        interval=0.02,
+        what="the operator's first write for the new instance",
+    )
     operator.kill()
     assert not operator.running
     killed_after = [e.describe() for e in first]
@@ -39,8 +43,9 @@ def test_killed_mid_reconcile_then_restarted_converges(kubectl: Kubectl, operato
     assert differences_from_builders(kubectl, live, chart_settings(operators.release.deployment)) == []
 
 
-def test_two_operators_act_once_and_fail_over(kubectl: Kubectl, operator: OperatorProcess,
-                                              operators: Operators, namespace: str, audit: AuditLog) -> None:
+def test_two_operators_act_once_and_fail_over(
+    kubectl: Kubectl, operator: OperatorProcess, operators: Operators, namespace: str, audit: AuditLog
+) -> None:
     second = operators.spawn("operator-1")
     try:
         wait_operator_ready(second, standby_ok=True)

@@ -52,8 +52,9 @@ def _compare(actual: set[Rule], expected: set[Rule]) -> str:
     return f"granted but not documented: {extra}\ndocumented but not granted: {missing}"
 
 
-def test_service_account_rights_equal_the_documented_minimal_set(kubectl: Kubectl, release: Release,
-                                                                 namespace: str) -> None:
+def test_service_account_rights_equal_the_documented_minimal_set(
+    kubectl: Kubectl, release: Release, namespace: str
+) -> None:
     kubectl.run("create", "serviceaccount", "rbac-baseline", "-n", namespace)
     baseline = granted(kubectl, service_account_user(namespace, "rbac-baseline"), namespace)
     actual = granted(kubectl, release.user, namespace) - baseline
@@ -71,8 +72,9 @@ def test_service_account_rights_equal_the_documented_minimal_set(kubectl: Kubect
 
 def test_no_request_of_the_operator_was_denied_by_rbac(operators: Operators, audit: AuditLog) -> None:
     events = audit.all()
-    assert any(e.user == operators.user and e.decision == "allow" for e in events), \
+    assert any(e.user == operators.user and e.decision == "allow" for e in events), (
         "the audit log has no authorization decisions for the operator: the check would prove nothing"
+    )
     denied = [e.describe() for e in denied_by_rbac(events, operators.user)]
     assert denied == [], f"RBAC denied the operator during the session: {denied[:20]}"
 
@@ -85,8 +87,9 @@ NAMESPACE_TERMINATING = "because it is being terminated"
 
 def test_no_request_of_the_operator_got_a_403(operators: Operators, audit: AuditLog) -> None:
     """Every 403, admission refusals included, except creations in a namespace that is being deleted."""
-    refused = [e.describe() for e in forbidden(audit.all(), operators.user)
-               if NAMESPACE_TERMINATING not in e.message]
+    refused = [
+        e.describe() for e in forbidden(audit.all(), operators.user) if NAMESPACE_TERMINATING not in e.message
+    ]
     assert refused == [], f"{len(refused)} answers 403 to the operator during the session: {refused[:5]}"
 
 
@@ -105,9 +108,14 @@ def test_parse_can_i_list_reads_resources_subresources_and_urls() -> None:
         "                                              [/healthz]          []               [get]\n"
     )
     assert parse_can_i_list(table) == {
-        ("apps", "deployments", "get"), ("apps", "deployments", "create"),
-        ("comfyui.operator.dev", "comfyuiinstances/status", "patch"), ("", "pods", "list"),
-        ("<named:only-this>", "configmaps", "get"), ("<url>", "/healthz", "get"),
+        ("apps", "deployments", "get"),
+        ("apps", "deployments", "create"),
+        ("comfyui.operator.dev", "comfyuiinstances/status", "patch"),
+        ("", "pods", "list"),
+        ("<named:only-this>", "configmaps", "get"),
+        ("<url>", "/healthz", "get"),
     }
-    assert expand((rbac.PolicyRule(("", "apps"), ("a",), ("get",), "why"),)) == {("", "a", "get"),
-                                                                                 ("apps", "a", "get")}
+    assert expand((rbac.PolicyRule(("", "apps"), ("a",), ("get",), "why"),)) == {
+        ("", "a", "get"),
+        ("apps", "a", "get"),
+    }

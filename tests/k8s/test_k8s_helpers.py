@@ -75,9 +75,15 @@ def test_parse_exports_and_tools(tmp_path: Path) -> None:
     binary = tmp_path / "bin"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
-    names = ["KWOK_KUBE_APISERVER_BINARY", "KWOK_KUBE_CONTROLLER_MANAGER_BINARY",
-             "KWOK_KUBE_SCHEDULER_BINARY", "KWOK_KUBECTL_BINARY", "KWOK_ETCD_BINARY",
-             "KWOK_CONTROLLER_BINARY", "KWOKCTL_BINARY"]
+    names = [
+        "KWOK_KUBE_APISERVER_BINARY",
+        "KWOK_KUBE_CONTROLLER_MANAGER_BINARY",
+        "KWOK_KUBE_SCHEDULER_BINARY",
+        "KWOK_KUBECTL_BINARY",
+        "KWOK_ETCD_BINARY",
+        "KWOK_CONTROLLER_BINARY",
+        "KWOKCTL_BINARY",
+    ]
     text = "\n".join(f'export {n}="{binary}"' for n in names)
     text += f'\nexport HELM_BINARY="{tmp_path / "missing-helm"}"\nexport KUBE_VERSION="v1.34.4"\n'
     env = parse_exports(text)
@@ -97,10 +103,16 @@ def test_tools_from_env_names_the_missing_variable() -> None:
 
 def _audit_line(user: str, verb: str, resource: str, code: int, name: str = "x") -> str:
     decision = "forbid" if code == 403 and resource == "secrets" else "allow"
-    return json.dumps({"user": {"username": user}, "verb": verb, "responseStatus": {"code": code},
-                       "objectRef": {"resource": resource, "namespace": "ns", "name": name},
-                       "annotations": {"authorization.k8s.io/decision": decision},
-                       "stageTimestamp": "2026-01-01T00:00:00Z"})
+    return json.dumps(
+        {
+            "user": {"username": user},
+            "verb": verb,
+            "responseStatus": {"code": code},
+            "objectRef": {"resource": resource, "namespace": "ns", "name": name},
+            "annotations": {"authorization.k8s.io/decision": decision},
+            "stageTimestamp": "2026-01-01T00:00:00Z",
+        }
+    )
 
 
 def test_audit_writes_and_forbidden(tmp_path: Path) -> None:
@@ -116,8 +128,10 @@ def test_audit_writes_and_forbidden(tmp_path: Path) -> None:
         handle.write(_audit_line("other", "create", "pods", 201) + "\n")
         handle.write("{not json\n")
     new = log.since_mark()
-    assert [e.describe() for e in writes(new, sa)] == ["patch ns/deployments/x -> 200",
-                                                       "patch ns/configmaps/x -> 403"]
+    assert [e.describe() for e in writes(new, sa)] == [
+        "patch ns/deployments/x -> 200",
+        "patch ns/configmaps/x -> 403",
+    ]
     assert [e.verb for e in forbidden(new, sa)] == ["list", "patch"]
     assert [e.verb for e in denied_by_rbac(new, sa)] == ["list"]
     assert len(log.all()) == 5
@@ -173,8 +187,13 @@ def test_wait_for_returns_value_and_times_out() -> None:
 def test_missing_from_accepts_server_defaults_and_reports_changes() -> None:
     built = {"spec": {"replicas": 2, "template": {"containers": [{"name": "a", "ports": [{"port": 3000}]}]}}}
     port = {"port": 3000, "protocol": "TCP"}
-    server = {"spec": {"replicas": 2, "progressDeadlineSeconds": 600,
-                       "template": {"containers": [{"name": "a", "ports": [port]}]}}}
+    server = {
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 600,
+            "template": {"containers": [{"name": "a", "ports": [port]}]},
+        }
+    }
     assert missing_from(built, server) == []
     server["spec"]["replicas"] = 3
     assert missing_from(built, server) == ["spec.replicas: expected 2, got 3"]
@@ -185,28 +204,47 @@ def test_missing_from_accepts_server_defaults_and_reports_changes() -> None:
 
 def test_prerequisites_cover_every_reference_once() -> None:
     docs = [
-        {"kind": "ComfyUIInstance", "metadata": {"name": "a"},
-         "spec": {"models": {"claimName": "models"},
-                  "warmup": {"configMapRef": {"name": "w", "key": "k.json"}},
-                  "huggingFace": {"tokenSecretRef": {"name": "hf"}}, "priorityClassName": "batch"}},
+        {
+            "kind": "ComfyUIInstance",
+            "metadata": {"name": "a"},
+            "spec": {
+                "models": {"claimName": "models"},
+                "warmup": {"configMapRef": {"name": "w", "key": "k.json"}},
+                "huggingFace": {"tokenSecretRef": {"name": "hf"}},
+                "priorityClassName": "batch",
+            },
+        },
         {"kind": "ComfyUIInstance", "metadata": {"name": "b"}, "spec": {"models": {"claimName": "models"}}},
         {"kind": "Secret", "metadata": {"name": "hf"}},
     ]
     made = prerequisites("ns1", docs)
     kinds = sorted((m["kind"], m["metadata"]["name"]) for m in made)
-    assert kinds == [("ConfigMap", "w"), ("PersistentVolume", "ns1-models"),
-                     ("PersistentVolumeClaim", "models"), ("PriorityClass", "batch")]
+    assert kinds == [
+        ("ConfigMap", "w"),
+        ("PersistentVolume", "ns1-models"),
+        ("PersistentVolumeClaim", "models"),
+        ("PriorityClass", "batch"),
+    ]
     volume = next(m for m in made if m["kind"] == "PersistentVolume")
     assert volume["spec"]["claimRef"] == {"namespace": "ns1", "name": "models"}
     assert volume["spec"]["accessModes"] == ["ReadOnlyMany"]
     placed = in_namespace(made, "ns1")
-    assert all(("namespace" in m["metadata"]) == (m["kind"] in {"ConfigMap", "PersistentVolumeClaim"})
-               for m in placed)
+    assert all(
+        ("namespace" in m["metadata"]) == (m["kind"] in {"ConfigMap", "PersistentVolumeClaim"})
+        for m in placed
+    )
 
 
 def test_instance_status_helpers() -> None:
-    obj = {"spec": {"replicas": 2}, "status": {"readyReplicas": 2, "conditions": [
-        {"type": "Ready", "status": "True", "reason": "AllReplicasReady", "message": "2/2"}]}}
+    obj = {
+        "spec": {"replicas": 2},
+        "status": {
+            "readyReplicas": 2,
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "AllReplicasReady", "message": "2/2"}
+            ],
+        },
+    }
     assert is_ready(obj)
     assert condition(obj, "Ready") == obj["status"]["conditions"][0]  # type: ignore[index]
     obj["status"]["readyReplicas"] = 1  # type: ignore[index]

@@ -183,4 +183,3 @@ class GuardedResolver(AbstractResolver):
 
 def guard_from_settings(allow_entries: Sequence[str], extra_schemes: Sequence[str] = ()) -> AddressGuard:
     return AddressGuard(AllowList.parse(allow_entries), ALLOWED_SCHEMES | set(extra_schemes))
-

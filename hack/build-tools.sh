@@ -164,6 +164,15 @@ export KWOK_ETCDCTL_BINARY="$e/etcdctl"
 export KWOK_CONTROLLER_BINARY="$kw/kwok"
 export KWOKCTL_BINARY="$kw/kwokctl"
 export HELM_BINARY="$h/helm"
+export KIND_BINARY="$(dir_for kind "$KIND_VERSION")/bin/kind"
+export KUBELET_BINARY="$k/kubelet"
+export KUBEADM_BINARY="$k/kubeadm"
+export KUBE_PROXY_BINARY="$k/kube-proxy"
+export CRICTL_BINARY="$(dir_for crictl "$CRICTL_VERSION")/bin/crictl"
+export COREDNS_BINARY="$(dir_for coredns "$COREDNS_VERSION")/bin/coredns"
+export LOCAL_PATH_BINARY="$(dir_for local-path-provisioner "$LOCAL_PATH_VERSION")/bin/local-path-provisioner"
+export KIND_VERSION="$KIND_VERSION" ETCD_VERSION="$ETCD_VERSION" COREDNS_VERSION="$COREDNS_VERSION"
+export LOCAL_PATH_VERSION="$LOCAL_PATH_VERSION" CRICTL_VERSION="$CRICTL_VERSION"
 ENV
 }
 

@@ -46,7 +46,7 @@ check: lint test test-k8s e2e ## everything CI runs
 crds: ## regenerate crds/ and the chart's copy from the pydantic models
 	$(PYTHON) -m comfyui_operator.crdgen --write
 
-up: ## kind cluster + images + helm install + example instance + one prompt end to end
+up: bootstrap ## kind cluster + images + helm install + example instance + one prompt end to end
 	hack/up.sh
 
 down: ## delete the kind cluster

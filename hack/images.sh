@@ -23,7 +23,8 @@ IMAGE_TAG="${IMAGE_TAG:-dev}"
 IMAGE_REPO="${IMAGE_REPO:-ghcr.io/comfyui-operator}"
 BUILD_MODE="${BUILD_MODE:-auto}"
 PUBLIC_BASE_IMAGE="${PUBLIC_BASE_IMAGE:-python:3.12-slim-bookworm}"
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+[[ -x "$PYTHON" ]] || PYTHON=python3
 WHEELS_DIR=.out/wheels
 # The local base is Debian bookworm: CPython 3.11 and glibc 2.36.
 WHEEL_PYTHON_VERSION=3.11

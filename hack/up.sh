@@ -2,18 +2,19 @@
 # `make up`: a kind cluster with the operator and a GPU-free ComfyUIInstance, then one prompt end to end.
 #
 #   1. check everything needed is here (one message naming whatever is missing)
-#   2. create the kind cluster from kind-config.yaml (reused when it exists)
+#   2. choose the node image (hack/kind-node-image.sh ensure: kind's public image, else one built here) and create
+#      the kind cluster from kind-config.yaml (reused when it exists)
 #   3. build the images (hack/images.sh) and load them into the nodes
 #   4. helm install the chart (helm/ci/kind-values.yaml), create the models PV/PVC
 #   5. apply examples/standin-instance.yaml and wait until it is Ready
 #   6. POST a workflow through the instance's Service (kubectl port-forward), save the image, print its path
 #
-# Environment: CLUSTER_NAME (comfyui), KIND_NODE_IMAGE (kind v0.32.0's default), KIND, HELM_BINARY, KUBECTL.
+# Environment: CLUSTER_NAME (comfyui), KIND_NODE_IMAGE (default: chosen as in step 2), KIND, HELM_BINARY, KUBECTL,
+# PYTHON (the project's virtualenv, .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLUSTER_NAME="${CLUSTER_NAME:-comfyui}"
-KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5}"
 RELEASE=comfyui-operator
 OPERATOR_NAMESPACE=comfyui-system
 INSTANCE_FILE=examples/standin-instance.yaml
@@ -24,10 +25,12 @@ READY_TIMEOUT=300s
 log() { printf '[up %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '\nmake up: %s\n' "$*" >&2; exit 1; }
 
+PYTHON="${PYTHON:-.venv/bin/python}"
 eval "$(hack/build-tools.sh --print-env)"
 export PATH="$COMFYUI_TOOLS_BIN:$PATH"
 KIND="${KIND:-$(command -v kind || true)}"
-KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
+KUBECTL="${KUBECTL:-$KWOK_KUBECTL_BINARY}"
+[[ -x "$KUBECTL" ]] || KUBECTL=$(command -v kubectl || true)
 
 # ---- 1. preflight: collect every missing piece, then fail once with all of them -------------------------
 missing=()
@@ -35,19 +38,20 @@ missing=()
 [[ -x "${HELM_BINARY:-}" ]] || missing+=("helm (build it: hack/build-tools.sh helm)")
 [[ -n "$KUBECTL" ]] || missing+=("kubectl (install it, or hack/build-tools.sh k8s)")
 [[ -f "$INSTANCE_FILE" ]] || missing+=("$INSTANCE_FILE (the example instance)")
+[[ -x "$PYTHON" ]] || missing+=("the project's virtualenv $PYTHON (hack/bootstrap.sh creates it)")
 if ! hack/docker.sh start 2>/dev/null; then
   missing+=("a Docker engine (apt-get install docker.io containerd iptables, or start Docker)")
-else
-  eval "$(hack/docker.sh env)"
-  if [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker; else DOCKER=$(command -v docker); fi
-  if ! "$DOCKER" image inspect "$KIND_NODE_IMAGE" >/dev/null 2>&1 \
-      && ! timeout 600 "$DOCKER" pull "$KIND_NODE_IMAGE" >/dev/null 2>&1; then
-    missing+=("the kind node image $KIND_NODE_IMAGE: it is not in the local Docker engine and can not be pulled"
-              "(no container registry reachable); load or build one (kind build node-image) and set KIND_NODE_IMAGE")
-  fi
 fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   die "cannot bring the system up; missing: ${missing[*]}"
+fi
+eval "$(hack/docker.sh env)"
+export DOCKER_HOST
+if [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker; else DOCKER=$(command -v docker); fi
+# kind runs `docker` from PATH: the same client as ours.
+PATH="$(dirname "$DOCKER"):$PATH"
+if ! KIND_NODE_IMAGE=$(hack/kind-node-image.sh ensure); then
+  die "no kind node image: the public one can not be pulled and the local build failed (see above)"
 fi
 
 # ---- 2. cluster ------------------------------------------------------------------------------------------
@@ -111,7 +115,7 @@ YAML
 # ---- 5. instance -----------------------------------------------------------------------------------------
 log "applying $INSTANCE_FILE"
 kc apply -f "$INSTANCE_FILE" >&2
-read -r name namespace < <(python3 -c 'import sys, yaml
+read -r name namespace < <("$PYTHON" -c 'import sys, yaml
 meta = yaml.safe_load(open(sys.argv[1]))["metadata"]
 print(meta["name"], meta.get("namespace") or "default")' "$INSTANCE_FILE")
 log "waiting for comfyuiinstance/$name to be Ready (up to $READY_TIMEOUT)"
@@ -121,7 +125,7 @@ if ! kc -n "$namespace" wait --for=condition=Ready "comfyuiinstance/$name" --tim
 fi
 
 # ---- 6. one prompt through the Service -------------------------------------------------------------------
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 service_port=$(kc -n "$namespace" get service "$name" -o jsonpath='{.spec.ports[0].port}')
 kc -n "$namespace" port-forward "service/$name" "$port:$service_port" >"$OUT_DIR/port-forward.log" 2>&1 &
 forward_pid=$!
@@ -140,7 +144,7 @@ curl -sS --max-time 300 -o "$response" -w '%{http_code}\n' -X POST "http://127.0
   "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "quickstart"}}}}
 JSON
 [[ "$(cat "$OUT_DIR/status")" == 200 ]] || die "POST /prompt answered $(cat "$OUT_DIR/status"): $(head -c 500 "$response")"
-image=$(python3 - "$response" "$OUT_DIR" <<'PY'
+image=$("$PYTHON" - "$response" "$OUT_DIR" <<'PY'
 import base64, json, pathlib, sys
 body = json.loads(pathlib.Path(sys.argv[1]).read_text())
 path = pathlib.Path(sys.argv[2]).resolve() / body["filenames"][0]

@@ -588,8 +588,12 @@ class ComfyUIInstanceSpec(ApiModel):
     update_strategy: UpdateStrategy = Field(
         default_factory=UpdateStrategy, json_schema_extra={"default": {}}, description="Pod update strategy."
     )
-    termination_grace_period_seconds: int = Field(
-        default=60, ge=0, le=3600, description="Time for running prompts to finish on shutdown."
+    termination_grace_period_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=90000,
+        description="Time for running prompts to finish when a pod is removed (rollout, scale-down, drain). "
+        "Default: sidecar.promptTimeoutSeconds + 35, so a prompt that just started still finishes.",
     )
 
     @model_validator(mode="after")

@@ -2,10 +2,11 @@
 
 Every function here is deterministic and does no I/O. The pod layout (see docs/operator.md):
 
-    comfyui  native sidecar (init container, restartPolicy Always): 127.0.0.1:8188, read-only root,
-             models (ro), cache (ro), input, output, tmp, config (ro)
-    sidecar  main container, :3000 in attach mode, models (ro), cache (rw), input, output, tmp,
-             config/warmup (ro)
+    sidecar  native sidecar (init container, restartPolicy Always): :3000 in attach mode, models (ro),
+             cache (rw), input, output, tmp, config/warmup (ro). It starts first and stops last.
+    comfyui  main container: 127.0.0.1:8188, read-only root, models (ro), cache (ro), input, output, tmp,
+             config (ro). Probed through the sidecar (GET /health/comfyui); its preStop hook is the sidecar's
+             GET /drain, so running prompts finish before ComfyUI gets SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ EXTRA_MODEL_PATHS_KEY = "extra_model_paths.yaml"
 WARMUP_KEY = "warmup.json"
 CACHE_HEADROOM_FRACTION = 0.1
 PROGRESS_MARGIN_SECONDS = 600  # image pulls of multi-GB ComfyUI images, on top of the startup budget
+# Pod removal (docs/operator.md, "Pod lifecycle"): the ComfyUI container's preStop hook is the sidecar's
+# GET /drain, which keeps taking prompts for DRAIN_DELAY_SECONDS while the Service forgets the pod, then waits
+# for the running ones; ComfyUI and the sidecar then need STOP_MARGIN_SECONDS to exit and deliver webhooks.
+DRAIN_DELAY_SECONDS = 5
+STOP_MARGIN_SECONDS = 30
+# ComfyUI is restarted when it has not answered for COMFYUI_LIVENESS_PERIOD * COMFYUI_LIVENESS_FAILURES s.
+COMFYUI_LIVENESS_PERIOD = 10
+COMFYUI_LIVENESS_FAILURES = 6
+COMFYUI_STARTUP_PERIOD = 5
+SIDECAR_STARTUP_PERIOD = 1
+SIDECAR_STARTUP_FAILURES = 60
 
 # ComfyUI's model folders (0.3.x and newer); listed for both the shared root and the cache root.
 MODEL_FOLDERS = (
@@ -289,9 +301,33 @@ def build_comfyui_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSet
         "resources": _resources(comfy.resources, comfy.gpu),
         "volumeMounts": mounts,
         "securityContext": _container_security(comfy.read_only_root_filesystem),
-        "restartPolicy": "Always",
+        # ComfyUI listens on loopback only: the kubelet probes it through the sidecar, which is up before
+        # ComfyUI starts (native sidecar with a startup probe).
+        "startupProbe": _probe(
+            "/health/comfyui",
+            COMFYUI_STARTUP_PERIOD,
+            -(-spec.sidecar.startup_timeout_seconds // COMFYUI_STARTUP_PERIOD),
+            port=SIDECAR_PORT,
+        ),
+        "livenessProbe": _probe(
+            "/health/comfyui", COMFYUI_LIVENESS_PERIOD, COMFYUI_LIVENESS_FAILURES, port=SIDECAR_PORT
+        ),
+        "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": SIDECAR_PORT}}},
     }
     return container
+
+
+def termination_grace_seconds(spec: api.ComfyUIInstanceSpec) -> int:
+    """The spec's value, else long enough for a prompt that just started to finish during a rollout."""
+    if spec.termination_grace_period_seconds is not None:
+        return spec.termination_grace_period_seconds
+    return spec.sidecar.prompt_timeout_seconds + DRAIN_DELAY_SECONDS + STOP_MARGIN_SECONDS
+
+
+def drain_wait_seconds(spec: api.ComfyUIInstanceSpec) -> int:
+    """How long the sidecar waits for running prompts on removal: the grace period minus the drain delay and
+    the time ComfyUI and the sidecar need to exit."""
+    return max(0, termination_grace_seconds(spec) - DRAIN_DELAY_SECONDS - STOP_MARGIN_SECONDS)
 
 
 def sidecar_env(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
@@ -310,7 +346,8 @@ def sidecar_env(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
         {"name": "MAX_QUEUE_DEPTH", "value": str(spec.sidecar.max_queue_depth)},
         {"name": "PROMPT_TIMEOUT_S", "value": str(spec.sidecar.prompt_timeout_seconds)},
         {"name": "STARTUP_CHECK_MAX_TRIES", "value": str(spec.sidecar.startup_timeout_seconds)},
-        {"name": "SHUTDOWN_GRACE_PERIOD_S", "value": str(max(0, spec.termination_grace_period_seconds - 5))},
+        {"name": "SHUTDOWN_GRACE_PERIOD_S", "value": str(drain_wait_seconds(spec))},
+        {"name": "DRAIN_DELAY_S", "value": str(DRAIN_DELAY_SECONDS)},
         {"name": "LOG_LEVEL", "value": spec.sidecar.log_level},
         {"name": "HOME", "value": TMP_DIR},
     ]
@@ -324,9 +361,11 @@ def sidecar_env(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
     return [*env, *_env(spec.sidecar.env)]
 
 
-def _probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+def _probe(
+    path: str, period: int, failures: int, timeout: int = 5, port: int | str = "http"
+) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -338,7 +377,6 @@ def build_sidecar_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSet
     mounts = _shared_mounts(spec, cache_read_only=False)
     if spec.warmup is not None and spec.warmup.config_map_ref is not None:
         mounts.append({"name": "warmup", "mountPath": WARMUP_DIR, "readOnly": True})
-    startup_period = 5
     return {
         "name": "sidecar",
         "image": side.image or settings.sidecar_image,
@@ -347,10 +385,13 @@ def build_sidecar_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSet
         "env": sidecar_env(spec),
         "resources": _resources(side.resources),
         "volumeMounts": mounts,
-        "startupProbe": _probe("/health", startup_period, -(-side.startup_timeout_seconds // startup_period)),
+        # /health answers as soon as the sidecar listens (start-up downloads run in the background); ComfyUI
+        # starts once this probe passes. /ready holds the pod out of the Service until ComfyUI is up and warm.
+        "startupProbe": _probe("/health", SIDECAR_STARTUP_PERIOD, SIDECAR_STARTUP_FAILURES),
         "livenessProbe": _probe("/health", 10, 3),
         "readinessProbe": _probe("/ready", 5, 1),
         "securityContext": _container_security(True),
+        "restartPolicy": "Always",
     }
 
 
@@ -435,7 +476,7 @@ def build_pod_spec(
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": security.run_as_user,
@@ -443,10 +484,10 @@ def build_pod_spec(
             "fsGroup": security.fs_group,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # ComfyUI is a native sidecar (restartable init container): it starts before the API container and is
-        # stopped only after it, so the API container can drain running prompts on shutdown.
-        "initContainers": [build_comfyui_container(spec, settings)],
-        "containers": [build_sidecar_container(spec, settings)],
+        # The sidecar is a native sidecar (restartable init container): it listens before ComfyUI starts (so
+        # ComfyUI can be probed through it) and is stopped only after ComfyUI, whose preStop hook drains it.
+        "initContainers": [build_sidecar_container(spec, settings)],
+        "containers": [build_comfyui_container(spec, settings)],
         "volumes": build_volumes(instance, spec),
     }
     optional: dict[str, Any] = {

@@ -62,6 +62,14 @@ class HasLifecycle(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class Preloads(Protocol):
+    """A fetcher with start-up downloads (the manifest's `before_start` models). The app runs `preload` in the
+    background after `start`, so the sidecar answers /health at once; /ready waits for it."""
+
+    async def preload(self) -> None: ...
+
+
 def build_fetcher(settings: Settings) -> Fetcher:
     """The fetcher for URL inputs and models: the model and media cache (docs/cache.md)."""
     from comfyui_sidecar.cache import ModelCache
@@ -177,6 +185,20 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"version": VERSION, "status": "ready" if ok else "not ready"}, 200 if ok else 503)
 
 
+async def comfyui_health(request: web.Request) -> web.Response:
+    """Whether ComfyUI answers now: the pod's startup and liveness probes of the ComfyUI container, which
+    listens on loopback only and can not be probed by the kubelet directly."""
+    app = request.app
+    up = await app[COMFY_KEY].ping(timeout_s=app[SETTINGS_KEY].comfyui_probe_timeout_s)
+    return json_response({"version": VERSION, "comfyui": "up" if up else "down"}, 200 if up else 503)
+
+
+async def drain_route(request: web.Request) -> web.Response:
+    """The ComfyUI container's preStop hook (the kubelet's hooks can only GET): see `prestop_drain`."""
+    drained = await prestop_drain(request.app)
+    return json_response({"version": VERSION, "drained": drained})
+
+
 async def models(request: web.Request) -> web.Response:
     try:
         result = await request.app[COMFY_KEY].models()
@@ -191,7 +213,7 @@ async def prompt(request: web.Request) -> web.StreamResponse:
     if isinstance(parsed, web.Response):
         return parsed
     app = request.app
-    if app[STATE_KEY].draining:
+    if app[STATE_KEY].stopping:
         return server_error(503, "The sidecar is shutting down and takes no new prompts")
     service = app[SERVICE_KEY]
     try:
@@ -292,10 +314,13 @@ def create_app(
     app[STATE_KEY] = State()
     app[METRICS_KEY] = Metrics()
     app[STOP_KEY] = asyncio.Event()
+    app[_BACKGROUND] = set()
     app.add_routes(
         [
             web.get("/health", health),
+            web.get("/health/comfyui", comfyui_health),
             web.get("/ready", ready),
+            web.get("/drain", drain_route),
             web.get("/models", models),
             web.post("/prompt", prompt),
             web.post("/interrupt", interrupt),
@@ -318,6 +343,8 @@ def create_app(
 
 
 _SESSIONS = web.AppKey("sessions", list)
+_BACKGROUND = web.AppKey("background", set)
+DRAIN_RESET_S = 120
 
 
 async def _startup(app: web.Application, start_lifecycle: bool) -> None:
@@ -392,14 +419,55 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
     fetcher = app[FETCHER_KEY]
     if isinstance(fetcher, HasLifecycle):
         await fetcher.start()
+    if isinstance(fetcher, Preloads):
+        state.models_ready = False
+        app[_BACKGROUND].add(asyncio.get_running_loop().create_task(_preload(fetcher, state, lifecycle)))
+    else:
+        lifecycle.models_present.set()
     if start_lifecycle:
         await lifecycle.start()
 
 
-async def drain(app: web.Application, grace_s: float) -> bool:
-    """Stop taking prompts; wait (bounded) for in-flight ones and their webhooks. True if all finished."""
+async def _preload(fetcher: Preloads, state: State, lifecycle: Lifecycle) -> None:
+    """Start-up downloads in the background: /health answers meanwhile, /ready waits for them (and, in
+    supervise mode, so does ComfyUI's start)."""
+    try:
+        await fetcher.preload()
+    finally:
+        state.models_ready = True
+        lifecycle.models_present.set()
+
+
+async def prestop_drain(app: web.Application) -> bool:
+    """The pod is being removed (GET /drain from the ComfyUI container's preStop hook). /ready turns 503 at
+    once, prompts are still accepted for `drain_delay_s` while the Service stops routing here, then this waits
+    (bounded) until every accepted prompt has finished; ComfyUI is stopped after this returns. True if all
+    finished. If the pod is not stopped after all (a stray call), readiness comes back after DRAIN_RESET_S."""
+    settings = app[SETTINGS_KEY]
     state = app[STATE_KEY]
     state.draining = True
+    log.info("drain: /ready is 503; taking prompts for %.0f s more, then waiting", settings.drain_delay_s)
+    await asyncio.sleep(settings.drain_delay_s)
+    finished = await app[SERVICE_KEY].wait_idle(settings.shutdown_grace_period_s)
+    if not finished:
+        log.warning("drain: prompts still running after %.0f s", settings.shutdown_grace_period_s)
+
+    async def reset() -> None:
+        await asyncio.sleep(DRAIN_RESET_S)
+        if not state.stopping and state.draining:
+            log.warning("drain: the pod was not stopped within %d s; taking prompts again", DRAIN_RESET_S)
+            state.draining = False
+
+    app[_BACKGROUND].add(asyncio.get_running_loop().create_task(reset()))
+    return finished
+
+
+async def drain(app: web.Application, grace_s: float) -> bool:
+    """SIGTERM: stop taking prompts; wait (bounded) for in-flight ones and their webhooks. True if all
+    finished."""
+    state = app[STATE_KEY]
+    state.draining = True
+    state.stopping = True
     deadline = time.monotonic() + grace_s
     finished = await app[SERVICE_KEY].wait_idle(grace_s)
     await app[WEBHOOKS_KEY].drain(max(0.0, deadline - time.monotonic()))
@@ -407,6 +475,10 @@ async def drain(app: web.Application, grace_s: float) -> bool:
 
 
 async def _cleanup(app: web.Application) -> None:
+    background = app[_BACKGROUND]
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     if LIFECYCLE_KEY in app:
         await app[LIFECYCLE_KEY].stop()
     fetcher = app[FETCHER_KEY]

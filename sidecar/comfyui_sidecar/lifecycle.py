@@ -32,14 +32,23 @@ WARMUP_FETCH_TIMEOUT_S = 60.0
 
 @dataclass
 class State:
+    """What /health and /ready report.
+
+    `draining`: the pod is being removed (GET /drain, SIGTERM): /ready is 503, prompts are still accepted
+    while ComfyUI runs. `stopping`: SIGTERM; new prompts get 503. `models_ready`: the fetcher's start-up
+    downloads (the manifest's `before_start` models) are done.
+    """
+
     warm: bool = False
     comfy_up: bool = False
     draining: bool = False
+    stopping: bool = False
+    models_ready: bool = True
     healthy: bool = True
     exit_code: int | None = None
 
     def ready(self, max_queue_depth: int, queue_depth: int) -> bool:
-        if not (self.warm and self.comfy_up and self.healthy) or self.draining:
+        if not (self.warm and self.comfy_up and self.healthy and self.models_ready) or self.draining:
             return False
         return max_queue_depth == 0 or queue_depth < max_queue_depth
 
@@ -71,6 +80,8 @@ class Lifecycle:
         self._warmup_lock = asyncio.Lock()
         self._ever_connected = False
         self._closing = False
+        # Set when the fetcher's start-up downloads are done; supervise mode starts ComfyUI after them.
+        self.models_present = asyncio.Event()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -99,6 +110,7 @@ class Lifecycle:
             self.state.healthy = False
             return
         if self.settings.sidecar_mode == "supervise":
+            await self.models_present.wait()
             if not await self._launch():
                 self.on_fatal(1)
                 return

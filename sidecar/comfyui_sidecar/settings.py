@@ -137,7 +137,19 @@ class SidecarSettings(BaseSettings):
     webhook_backoff_s: float = Field(1.0, ge=0, description="Wait after the first failed webhook attempt.")
     webhook_backoff_max_s: float = Field(30.0, ge=0, description="Cap of the doubling wait between attempts.")
     shutdown_grace_period_s: float = Field(
-        60.0, ge=0, description="On SIGTERM: how long in-flight prompts may finish before the sidecar exits."
+        60.0,
+        ge=0,
+        description="How long in-flight prompts may finish on GET /drain (the pod's preStop hook) and on "
+        "SIGTERM before the sidecar stops waiting.",
+    )
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="GET /drain: seconds /ready stays 503 while new prompts are still accepted, so the "
+        "Service stops routing here before the wait for in-flight prompts starts.",
+    )
+    comfyui_probe_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="GET /health/comfyui: how long ComfyUI may take to answer."
     )
     restart_backoff_max_s: float = Field(
         30.0, gt=0, description="Supervise mode: cap of the restart backoff."

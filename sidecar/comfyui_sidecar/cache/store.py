@@ -141,15 +141,17 @@ class ModelCache:
         self._downloader: HttpDownloader | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.manifest_errors: list[str] = []
+        self._manifest: Manifest | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild state from disk, write extra_model_paths.yaml, then download the manifest's
-        `before_start` models. An unreadable manifest raises ManifestError before anything is opened."""
+        """Rebuild state from disk, write extra_model_paths.yaml, open the download session. Quick: the
+        manifest's downloads are `preload`'s. An unreadable manifest raises ManifestError before anything is
+        opened."""
         from comfyui_sidecar.cache.manifest import load_manifest
 
-        manifest = load_manifest(self.settings)
+        self._manifest = load_manifest(self.settings)
         await asyncio.to_thread(self._prepare_disk)
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.guard), limit=64, ttl_dns_cache=30)
         timeout = aiohttp.ClientTimeout(
@@ -173,8 +175,6 @@ class ModelCache:
         )
         self._downloader = HttpDownloader(self._session, self.guard, options)
         metrics.CACHE_BYTES.set(self.index.stored_bytes())
-        if manifest is not None:
-            await self._preload_manifest(manifest)
         log.info(
             "cache ready at %s: %d entries, %d bytes, budget %s",
             self.root,
@@ -204,11 +204,15 @@ class ModelCache:
             await self._session.close()
             self._session = None
 
-    async def _preload_manifest(self, manifest: Manifest) -> None:
-        """MANIFEST / MANIFEST_JSON: `before_start` models now (before /ready), `after_start` in the
-        background. A failed item is logged and kept in `manifest_errors`; it does not stop the sidecar."""
+    async def preload(self) -> None:
+        """MANIFEST / MANIFEST_JSON: `before_start` models (the app runs this after `start`, in the
+        background, and holds /ready until it returns), then `after_start` in the background. A failed item is
+        logged and kept in `manifest_errors`; it does not stop the sidecar."""
         from comfyui_sidecar.cache.manifest import run_manifest_phase, warn_unsupported
 
+        manifest = self._manifest
+        if manifest is None:
+            return
         warn_unsupported(manifest)
         self.manifest_errors.extend(await run_manifest_phase(self, manifest, "before_start"))
 

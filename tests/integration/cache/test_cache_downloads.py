@@ -333,7 +333,7 @@ async def test_sha256_is_computed_while_streaming(file_server: FileServer, make_
     assert done.link_name == url_hash(url) + ".safetensors"
 
 
-async def test_manifest_before_start_is_downloaded_during_start(file_server: FileServer, make_cache) -> None:
+async def test_manifest_before_start_is_downloaded_by_preload(file_server: FileServer, make_cache) -> None:
     file_server.add("early.safetensors", b"e" * 100)
     file_server.add("late.safetensors", b"l" * 100)
     manifest = {
@@ -352,7 +352,9 @@ async def test_manifest_before_start_is_downloaded_during_start(file_server: Fil
         },
     }
     cache: ModelCache = await make_cache(manifest_json=json.dumps(manifest))
-    assert (cache.models_root / "vae" / "e.pt").read_bytes() == b"e" * 100  # done before start() returned
+    assert not (cache.models_root / "vae" / "e.pt").exists()  # start() does not download
+    await cache.preload()
+    assert (cache.models_root / "vae" / "e.pt").read_bytes() == b"e" * 100  # done before preload() returned
     assert cache.manifest_errors == ["Error downloading file: Not Found (HTTP 404)"]
     late = cache.models_root / "loras" / "late.safetensors"
     for _ in range(200):

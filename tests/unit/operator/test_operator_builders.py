@@ -260,12 +260,22 @@ def test_update_strategy_defaults_and_recreate() -> None:
     }
 
 
-def test_probes_point_at_the_sidecar_and_startup_budget() -> None:
-    sidecar = _container(_deployment(_minimal(sidecar={"startupTimeoutSeconds": 301})), "sidecar")
+def test_probes_mean_something() -> None:
+    """The sidecar's startup probe only waits for it to listen; ComfyUI (loopback only) is probed through the
+    sidecar's /health/comfyui with the spec's startup budget, and restarted when it stops answering."""
+    deployment = _deployment(_minimal(sidecar={"startupTimeoutSeconds": 301}))
+    sidecar = _container(deployment, "sidecar")
     assert sidecar["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert sidecar["startupProbe"]["periodSeconds"] * sidecar["startupProbe"]["failureThreshold"] >= 301
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/health"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/ready"
+    comfyui = _container(deployment, "comfyui")
+    startup = comfyui["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health/comfyui", "port": 3000}
+    assert 301 <= startup["periodSeconds"] * startup["failureThreshold"] < 301 + startup["periodSeconds"]
+    liveness = comfyui["livenessProbe"]
+    assert liveness["httpGet"] == {"path": "/health/comfyui", "port": 3000}
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] <= 120
+    assert "readinessProbe" not in comfyui  # the pod's readiness is the sidecar's /ready
 
 
 def test_scheduling_fields_pass_through() -> None:
@@ -311,10 +321,27 @@ def test_endpoint_and_selector() -> None:
     )
 
 
-def test_comfyui_outlives_the_api_container() -> None:
+def test_the_sidecar_starts_first_and_drains_comfyui_on_removal() -> None:
     pod = _deployment(_minimal())["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["initContainers"]] == ["comfyui"]
+    assert [c["name"] for c in pod["initContainers"]] == ["sidecar"]
     assert pod["initContainers"][0]["restartPolicy"] == "Always"
-    assert [c["name"] for c in pod["containers"]] == ["sidecar"]
+    assert [c["name"] for c in pod["containers"]] == ["comfyui"]
+    assert "restartPolicy" not in pod["containers"][0]
+    assert pod["containers"][0]["lifecycle"] == {"preStop": {"httpGet": {"path": "/drain", "port": 3000}}}
     deployment = _deployment(_minimal(sidecar={"startupTimeoutSeconds": 900}))
     assert deployment["spec"]["progressDeadlineSeconds"] == 1500
+
+
+def test_grace_period_covers_the_prompt_timeout_unless_set() -> None:
+    def grace_and_wait(doc: dict[str, Any]) -> tuple[int, int]:
+        deployment = _deployment(doc)
+        env = {e["name"]: e.get("value") for e in _container(deployment, "sidecar")["env"]}
+        return deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], int(
+            env["SHUTDOWN_GRACE_PERIOD_S"]
+        )
+
+    grace, wait = grace_and_wait(_minimal(sidecar={"promptTimeoutSeconds": 900}))
+    assert grace == 935
+    assert wait == 900  # a prompt that started just before the drain may use its whole timeout
+    assert grace_and_wait(_minimal(terminationGracePeriodSeconds=100)) == (100, 65)
+    assert grace_and_wait(_minimal(terminationGracePeriodSeconds=10)) == (10, 0)

@@ -71,10 +71,11 @@ async def run(settings: OperatorSettings) -> int:
     metrics.start_metrics_server(settings.metrics_port)
     lease_task: asyncio.Task[bool] | None = None
     elector: LeaderElector | None = None
+    own_identity = identity()
     if settings.leader_election:
         namespace = settings.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
         elector = LeaderElector(
-            kube, namespace, settings.lease_name, identity(), settings.lease_duration_seconds
+            kube, namespace, settings.lease_name, own_identity, settings.lease_duration_seconds
         )
         logger.info("waiting for the lease %s/%s", namespace, settings.lease_name)
         async with standby_health(settings.liveness_port):
@@ -98,6 +99,9 @@ async def run(settings: OperatorSettings) -> int:
             registry=registry,
             settings=handlers.kopf_settings(settings),
             standalone=True,  # single-active is guaranteed by the Lease, not by kopf peering
+            # kopf would otherwise derive one from the user name, which does not exist for the image's uid.
+            # (Its type, a NewType of str, is not exported by kopf.)
+            identity=own_identity,  # type: ignore[arg-type]
             clusterwide=settings.clusterwide,
             namespaces=settings.namespaces,
             liveness_endpoint=liveness,

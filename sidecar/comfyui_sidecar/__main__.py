@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from comfyui_sidecar.app import STATE_KEY, STOP_KEY, create_app, drain
+from comfyui_sidecar.listen import listening_socket
 from comfyui_sidecar.settings import Settings
 
 log = logging.getLogger("comfyui_sidecar")
@@ -61,7 +62,13 @@ async def serve(settings: Settings) -> int:
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        sock = listening_socket(settings.host, settings.port)
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, error)
+        await runner.cleanup()
+        return 1
+    site = web.SockSite(runner, sock)
     await site.start()
     log.info(
         "listening on %s:%d (mode %s, ComfyUI %s)",

@@ -32,7 +32,8 @@ class SidecarSettings(BaseSettings):
     # ---- upstream comfyui-api variables -------------------------------------------------------------------
     port: int = Field(3000, ge=1, le=65535, description="Port the sidecar listens on.")
     host: str = Field(
-        "::", description="Address the sidecar binds to ('::' = all interfaces, IPv4 and IPv6)."
+        "::",
+        description="Address the sidecar binds to ('::' = all interfaces, IPv6 and IPv4 on one socket).",
     )
     cmd: str = Field(
         "init.sh",

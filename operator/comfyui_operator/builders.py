@@ -23,6 +23,7 @@ from comfyui_operator.quantity import parse_quantity
 from comfyui_operator.settings import OperatorSettings
 
 MANAGER = "comfyui-operator"
+COMFYUI_CONTAINER = "comfyui"  # status.py reads its restarts by this name
 COMFYUI_PORT = 8188
 SIDECAR_PORT = 3000
 CONFIG_HASH_ANNOTATION = f"{api.GROUP}/config-hash"
@@ -48,6 +49,8 @@ STOP_MARGIN_SECONDS = 30
 COMFYUI_LIVENESS_PERIOD = 10
 COMFYUI_LIVENESS_FAILURES = 6
 COMFYUI_STARTUP_PERIOD = 5
+# A ComfyUI that failed its probes is stopped within this, not the pod's (long) grace period.
+COMFYUI_PROBE_KILL_GRACE_SECONDS = 30
 SIDECAR_STARTUP_PERIOD = 1
 SIDECAR_STARTUP_FAILURES = 60
 
@@ -291,7 +294,7 @@ def build_comfyui_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSet
             mount["subPath"] = extra.sub_path
         mounts.append(mount)
     container: dict[str, Any] = {
-        "name": "comfyui",
+        "name": COMFYUI_CONTAINER,
         "image": comfy.image or settings.comfyui_image,
         "imagePullPolicy": comfy.image_pull_policy,
         "command": list(comfy.command or settings.comfyui_command),
@@ -308,9 +311,14 @@ def build_comfyui_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSet
             COMFYUI_STARTUP_PERIOD,
             -(-spec.sidecar.startup_timeout_seconds // COMFYUI_STARTUP_PERIOD),
             port=SIDECAR_PORT,
+            kill_grace=COMFYUI_PROBE_KILL_GRACE_SECONDS,
         ),
         "livenessProbe": _probe(
-            "/health/comfyui", COMFYUI_LIVENESS_PERIOD, COMFYUI_LIVENESS_FAILURES, port=SIDECAR_PORT
+            "/health/comfyui",
+            COMFYUI_LIVENESS_PERIOD,
+            COMFYUI_LIVENESS_FAILURES,
+            port=SIDECAR_PORT,
+            kill_grace=COMFYUI_PROBE_KILL_GRACE_SECONDS,
         ),
         "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": SIDECAR_PORT}}},
     }
@@ -362,14 +370,23 @@ def sidecar_env(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
 
 
 def _probe(
-    path: str, period: int, failures: int, timeout: int = 5, port: int | str = "http"
+    path: str,
+    period: int,
+    failures: int,
+    *,
+    timeout: int = 5,
+    port: int | str = "http",
+    kill_grace: int | None = None,
 ) -> dict[str, Any]:
-    return {
+    probe: dict[str, Any] = {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
     }
+    if kill_grace is not None:
+        probe["terminationGracePeriodSeconds"] = kill_grace
+    return probe
 
 
 def build_sidecar_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSettings) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfyui_operator.builders import COMFYUI_CONTAINER
+
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
@@ -24,6 +26,7 @@ APPLY_FAILED = "ApplyFailed"
 MISSING_REFERENCE = "MissingReference"
 IMAGE_PULL_FAILED = "ImagePullFailed"
 CRASH_LOOP = "CrashLoop"
+COMFYUI_NOT_ANSWERING = "ComfyUINotAnswering"
 OOM_KILLED = "OOMKilled"
 UNSCHEDULABLE = "Unschedulable"
 REPLICA_FAILURE = "ReplicaFailure"
@@ -47,6 +50,7 @@ _PROBLEM_ORDER = (
     MISSING_REFERENCE,
     IMAGE_PULL_FAILED,
     OOM_KILLED,
+    COMFYUI_NOT_ANSWERING,
     CRASH_LOOP,
     UNSCHEDULABLE,
     REPLICA_FAILURE,
@@ -90,6 +94,22 @@ def _truncate(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
+# Exit codes of a container the kubelet stopped (SIGTERM, or SIGKILL after the grace period): for the ComfyUI
+# container, with no OOM, that is a failed startup or liveness probe.
+_KILLED_EXIT_CODES = {137, 143}
+
+
+def _stopped_for_not_answering(status: Mapping[str, Any]) -> bool:
+    last = _get(status, "lastState", "terminated") or {}
+    return (
+        status.get("name") == COMFYUI_CONTAINER
+        and not status.get("ready", False)
+        and int(status.get("restartCount", 0)) > 0
+        and last.get("reason") != "OOMKilled"
+        and last.get("exitCode") in _KILLED_EXIT_CODES
+    )
+
+
 def _container_problems(pod_name: str, statuses: Iterable[Mapping[str, Any]]) -> list[Problem]:
     problems: list[Problem] = []
     for status in statuses:
@@ -98,7 +118,16 @@ def _container_problems(pod_name: str, statuses: Iterable[Mapping[str, Any]]) ->
         reason = waiting.get("reason", "")
         message = waiting.get("message", "")
         where = f"pod {pod_name} container {name}"
-        if reason in _IMAGE_PULL_WAITING:
+        if _stopped_for_not_answering(status):
+            problems.append(
+                Problem(
+                    COMFYUI_NOT_ANSWERING,
+                    f"{where} was restarted by the kubelet ({status.get('restartCount')} restarts): ComfyUI "
+                    "did not answer GET /health/comfyui within spec.sidecar.startupTimeoutSeconds of "
+                    "starting, or stopped answering for 60 s (kubectl logs -c comfyui --previous)",
+                )
+            )
+        elif reason in _IMAGE_PULL_WAITING:
             problems.append(Problem(IMAGE_PULL_FAILED, f"{where}: {reason}: {message}".rstrip(": ")))
         elif reason == "CrashLoopBackOff":
             last = _get(status, "lastState", "terminated") or {}

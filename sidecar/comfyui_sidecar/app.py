@@ -296,6 +296,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = server_error(500, f"Internal error: {type(error).__name__}")
     app_metrics.requests.labels(route=app_metrics.route_label(request.path), code=str(response.status)).inc()
+    if request.app[STATE_KEY].draining:
+        # Keep-alive connections would keep reaching this pod after it left the Service.
+        response.force_close()
     return response
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from comfyui_sidecar.app import drain
 from comfyui_sidecar.fetching import NoDownloads
 from comfyui_standin.testing import RunningStandin, StandinDirs, free_port
 from sidecar_harness import empty_image_prompt, run_sidecar, sidecar_settings, wait_until
@@ -20,10 +21,12 @@ async def _status(http: aiohttp.ClientSession, url: str) -> int:
 
 
 async def test_health_comfyui_follows_comfyui(standin: RunningStandin, http: aiohttp.ClientSession) -> None:
-    async with run_sidecar(sidecar_settings(standin.url, standin.dirs)) as sc:
-        async with http.get(f"{sc.url}/health/comfyui") as response:
-            assert response.status == 200
-            assert (await response.json())["comfyui"] == "up"
+    async with (
+        run_sidecar(sidecar_settings(standin.url, standin.dirs)) as sc,
+        http.get(f"{sc.url}/health/comfyui") as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["comfyui"] == "up"
 
 
 async def test_health_comfyui_is_503_while_health_stays_200_without_comfyui(
@@ -64,9 +67,9 @@ async def test_drain_takes_prompts_during_the_delay_then_waits_for_them(
         assert running.done()
 
 
-async def test_sigterm_drain_refuses_new_prompts(standin: RunningStandin, http: aiohttp.ClientSession) -> None:
-    from comfyui_sidecar.app import drain
-
+async def test_sigterm_drain_refuses_new_prompts(
+    standin: RunningStandin, http: aiohttp.ClientSession
+) -> None:
     async with run_sidecar(sidecar_settings(standin.url, standin.dirs)) as sc:
         await drain(sc.app, 1.0)
         async with http.post(f"{sc.url}/prompt", json={"prompt": empty_image_prompt()}) as response:

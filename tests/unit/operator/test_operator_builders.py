@@ -275,6 +275,8 @@ def test_probes_mean_something() -> None:
     liveness = comfyui["livenessProbe"]
     assert liveness["httpGet"] == {"path": "/health/comfyui", "port": 3000}
     assert liveness["periodSeconds"] * liveness["failureThreshold"] <= 120
+    # A hung ComfyUI is killed promptly, not after the pod's grace period (which covers a prompt's timeout).
+    assert startup["terminationGracePeriodSeconds"] == liveness["terminationGracePeriodSeconds"] == 30
     assert "readinessProbe" not in comfyui  # the pod's readiness is the sidecar's /ready
 
 

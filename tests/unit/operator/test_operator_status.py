@@ -163,6 +163,49 @@ CASES: list[tuple[str, Observed, dict[str, tuple[str, str]], str]] = [
         "5 restarts, exit code 1",
     ),
     (
+        "comfyui-not-answering",
+        Observed(
+            1,
+            1,
+            deployment(1, 0),
+            [
+                pod(
+                    phase="Running",
+                    containers=[
+                        waiting("CrashLoopBackOff", restarts=3, last={"reason": "Error", "exitCode": 137})
+                    ],
+                )
+            ],
+        ),
+        {"Ready": ("False", "ComfyUINotAnswering"), "Degraded": ("True", "ComfyUINotAnswering")},
+        "did not answer GET /health/comfyui",
+    ),
+    (
+        "comfyui-restarted-and-starting-again",
+        Observed(
+            1,
+            1,
+            deployment(1, 0),
+            [
+                pod(
+                    phase="Running",
+                    containers=[
+                        {
+                            "name": "comfyui",
+                            "state": {"running": {}},
+                            "started": False,
+                            "ready": False,
+                            "restartCount": 1,
+                            "lastState": {"terminated": {"reason": "Error", "exitCode": 143}},
+                        }
+                    ],
+                )
+            ],
+        ),
+        {"Ready": ("False", "ComfyUINotAnswering")},
+        "1 restarts",
+    ),
+    (
         "oom",
         Observed(
             1,

@@ -23,7 +23,7 @@ from typing import Any
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
 from comfyui_sidecar.convert import convert_image
 from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
-from comfyui_sidecar.jsonbody import Base64List, Base64Str
+from comfyui_sidecar.jsonbody import Base64List, Base64Str, b64decode_sliced
 from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import PromptRequest
@@ -33,6 +33,7 @@ from comfyui_sidecar.rewriting import (
     RewriteError,
     RewriteOptions,
     finish_directories,
+    invalid_base64,
     rewrite_prompt,
 )
 from comfyui_sidecar.settings import Settings
@@ -168,6 +169,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+async def _decode(item: InlineFile) -> bytes:
+    """An inline input's bytes, decoded slice by slice so the event loop keeps serving other requests."""
+    try:
+        return await b64decode_sliced(item.encoded)
+    except ValueError:
+        error = invalid_base64(item.message_prefix, item.location)
+        raise PrepareError(error.message, error.location) from None
+
+
 class PromptService:
     def __init__(
         self,
@@ -258,7 +268,8 @@ class PromptService:
         if rewritten.inline_files:
             # registered before writing, so a write that fails part way leaves no file behind
             stack.callback(self._remove_inline, rewritten.inline_files)
-            await asyncio.to_thread(self._write_inline, rewritten.inline_files)
+            decoded = [(item.relpath, await _decode(item)) for item in rewritten.inline_files]
+            await asyncio.to_thread(self._write_inline, decoded)
         try:
             resolved = await stack.enter_async_context(
                 self.fetcher.pin(rewritten.fetches, request.credentials or [])
@@ -272,13 +283,13 @@ class PromptService:
         preprocess_ms = int((time.monotonic() - started) * 1000)
         return Prepared(request, prompt, rewritten.output_nodes, started, preprocess_ms, stack)
 
-    def _write_inline(self, files: Sequence[InlineFile]) -> None:
-        for item in files:
-            path = confined(self.settings.input_dir, item.relpath)
+    def _write_inline(self, files: Sequence[tuple[str, bytes]]) -> None:
+        for relpath, data in files:
+            path = confined(self.settings.input_dir, relpath)
             if path is None:
                 raise PrepareError("inline file name escapes the input directory", "prompt")
             try:
-                write_atomic(path, item.data)
+                write_atomic(path, data)
             except OSError as error:
                 raise PrepareError(
                     f"Could not write an inline input to the input directory: {error.strerror or error}",

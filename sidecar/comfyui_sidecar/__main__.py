@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from comfyui_sidecar.app import STATE_KEY, STOP_KEY, create_app, drain
+from comfyui_sidecar.app import STATE_KEY, STOP_KEY, create_app, drain, make_runner
 from comfyui_sidecar.listen import listening_socket
 from comfyui_sidecar.settings import Settings
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT (or a fatal ComfyUI failure), drain prompts, return the exit code."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    runner = make_runner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
         sock = listening_socket(settings.host, settings.port)

@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from comfyui_sidecar import jsonbody
+from comfyui_sidecar import jsonbody, request_body
 from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyError, ComfyRejected
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.lifecycle import Lifecycle, State
@@ -31,6 +31,7 @@ from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import VERSION, InterruptRequest, PromptRequest
 from comfyui_sidecar.openapi import build_openapi, docs_page
 from comfyui_sidecar.prompt_flow import PrepareError, PromptService, echo, is_async
+from comfyui_sidecar.request_body import BODY_LIMITS_KEY, BodyError, ClientAborted
 from comfyui_sidecar.settings import Settings
 from comfyui_sidecar.system_events import SystemEvents, metadata_from, parse_events
 from comfyui_sidecar.uploads import UploadError
@@ -145,20 +146,38 @@ def validation_message(error: ValidationError) -> tuple[str, str]:
     return "Bad Request: " + "; ".join(parts), location
 
 
-async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
-    """Parse and validate a JSON body; returns the model or an error response."""
-    if request.content_type != "application/json":
-        return _fastify_error(415, "FST_ERR_CTP_INVALID_MEDIA_TYPE", "Unsupported Media Type")
+_FASTIFY_CODES = {
+    408: "FST_ERR_REQUEST_TIMEOUT",
+    413: "FST_ERR_CTP_BODY_TOO_LARGE",
+    415: "FST_ERR_CTP_INVALID_MEDIA_TYPE",
+}
+
+
+def body_error_response(error: BodyError) -> web.Response:
+    """400 {error, location} for bad JSON; 408/413/415 in Fastify's shape."""
+    if error.status == 400:
+        return bad_request(error.message, error.location)
+    return _fastify_error(error.status, _FASTIFY_CODES.get(error.status, "FST_ERR"), error.message)
+
+
+async def read_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The JSON object body (request_body.read_json), or the error response."""
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _fastify_error(413, "FST_ERR_CTP_BODY_TOO_LARGE", "Request body is too large")
-    try:
-        data = json.loads(raw)
-    except ValueError as error:
-        return bad_request(f"Bad Request: malformed JSON: {error}", "body")
+        data = await request_body.read_json(request)
+    except BodyError as error:
+        return body_error_response(error)
     if not isinstance(data, dict):
         return bad_request("Bad Request: the body must be a JSON object", "body")
+    return data
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
+    """Read, decode and validate a JSON object body; the model or an error response."""
+    data = await read_object(request)
+    return data if isinstance(data, web.Response) else validate(data, model)
+
+
+def validate(data: dict[str, Any], model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -209,10 +228,18 @@ async def models(request: web.Request) -> web.Response:
 
 async def prompt(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
-    parsed = await read_json(request, PromptRequest)
+    app = request.app
+    data = await read_object(request)
+    if isinstance(data, web.Response):
+        return data
+    nodes, limit = data.get("prompt"), app[SETTINGS_KEY].max_prompt_nodes
+    if isinstance(nodes, dict) and len(nodes) > limit:
+        return bad_request(
+            f"Bad Request: prompt has {len(nodes)} nodes (at most {limit}, MAX_PROMPT_NODES)", "prompt"
+        )
+    parsed = validate(data, PromptRequest)
     if isinstance(parsed, web.Response):
         return parsed
-    app = request.app
     if app[STATE_KEY].stopping:
         return server_error(503, "The sidecar is shutting down and takes no new prompts")
     service = app[SERVICE_KEY]
@@ -278,6 +305,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a request the client abandoned; only logs and metrics ever show it."""
 
 
 @web.middleware
@@ -292,6 +321,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _fastify_error_plain(405, f"Method {request.method} not allowed on {request.path}")
     except web.HTTPException:
         raise
+    except ClientAborted:
+        log.info("client closed the connection during %s %s (499)", request.method, request.path)
+        response = web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception as error:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = server_error(500, f"Internal error: {type(error).__name__}")
@@ -304,12 +336,30 @@ def _fastify_error_plain(status: int, message: str) -> web.Response:
 
 
 # ---- assembly --------------------------------------------------------------------------------
+def body_limits(settings: Settings) -> request_body.BodyLimits:
+    return request_body.BodyLimits(
+        max_bytes=settings.max_body_bytes,
+        idle_timeout_s=settings.body_read_timeout_s,
+        total_timeout_s=settings.body_total_timeout_s,
+        max_values=settings.max_json_values,
+    )
+
+
+def make_runner(app: web.Application, **options: Any) -> web.AppRunner:
+    """The AppRunner serving `app`: idle keep-alive connections, and requests whose headers do not arrive,
+    are closed after HTTP_IDLE_TIMEOUT_S; request bodies are decompressed by `request_body`, not aiohttp."""
+    return web.AppRunner(
+        app, keepalive_timeout=app[SETTINGS_KEY].http_idle_timeout_s, auto_decompress=False, **options
+    )
+
+
 def create_app(
     settings: Settings, *, fetcher: Fetcher | None = None, start_lifecycle: bool = True
 ) -> web.Application:
     """The sidecar application. `fetcher` defaults to `build_fetcher(settings)`."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe])
     app[SETTINGS_KEY] = settings
+    app[BODY_LIMITS_KEY] = body_limits(settings)
     app[FETCHER_KEY] = fetcher if fetcher is not None else build_fetcher(settings)
     app[STATE_KEY] = State()
     app[METRICS_KEY] = Metrics()

@@ -155,6 +155,27 @@ class SidecarSettings(BaseSettings):
     restart_backoff_max_s: float = Field(
         30.0, gt=0, description="Supervise mode: cap of the restart backoff."
     )
+    max_prompt_nodes: int = Field(
+        10_000, ge=1, description="Most nodes a prompt may have (else 400): bounds one prompt's memory."
+    )
+    max_json_values: int = Field(
+        250_000,
+        ge=1000,
+        description="Most JSON values (counted as commas and colons) a request body may hold (else 413); "
+        "keeps parsing memory within a small multiple of the body size.",
+    )
+    http_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="An idle keep-alive connection, or one whose request headers do not arrive, is closed "
+        "after this many seconds.",
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest silence while a request body arrives (then 408)."
+    )
+    body_total_timeout_s: float = Field(
+        300.0, gt=0, description="Longest time a request body may take to arrive in all (then 408)."
+    )
     extra_model_loaders: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Extra model-loader nodes as JSON: {"ClassType": {"input_name": "model_folder"}}.',

@@ -6,7 +6,6 @@ ComfyUI searches through the extra_model_paths.yaml the cache writes.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from comfyui_sidecar.cache.naming import redact_url, strip_userinfo, url_basename
 from comfyui_sidecar.cache.store import ModelCache
 from comfyui_sidecar.fetching import Credential, DownloadAuth, FetchError
+from comfyui_sidecar.request_body import BodyError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,10 @@ def download_routes(cache: ModelCache) -> list[web.RouteDef]:
     """The route table of `POST /download` (background downloads are owned, and cancelled, by the cache)."""
 
     async def download(request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return _error("Unsupported Media Type: send application/json", status=415)
         try:
-            raw = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error("Bad Request: body is not valid JSON", location="body")
+            raw = await read_json(request)
+        except BodyError as exc:
+            return _error(exc.message, status=exc.status, location=exc.location)
         try:
             req = DownloadRequest.model_validate(raw)
         except ValidationError as exc:

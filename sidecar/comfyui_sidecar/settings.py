@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfyui_sidecar.cache.settings import CacheSettings
+from comfyui_sidecar.fetching import header_name, header_value
 
 
 def _under_home(name: str) -> Any:
@@ -186,6 +187,18 @@ class SidecarSettings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("SYSTEM_WEBHOOK_URL must be an http:// or https:// URL")
+        return value
+
+    @field_validator("http_auth_header_name")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        return header_name(value) if value else value
+
+    @field_validator("http_auth_header_value")
+    @classmethod
+    def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            header_value(value.get_secret_value())
         return value
 
     @field_validator("system_webhook_events")

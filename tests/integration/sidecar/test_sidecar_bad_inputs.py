@@ -256,3 +256,26 @@ async def test_nothing_above_leaves_a_500_in_the_metrics(
                 await post_raw(http, with_cache.url + path, raw)
     lines = await metric_lines(http, with_cache.url, "comfyui_api_requests_total")
     assert [line for line in lines if 'code="5' in line and "/ready" not in line] == []
+
+
+@pytest.mark.parametrize(
+    ("auth", "field"),
+    [
+        ({"type": "header", "header_name": "X-Key\r\nInjected: 1", "header_value": "v"}, "header_name"),
+        ({"type": "header", "header_name": "X-Key", "header_value": "v\r\nInjected: 1"}, "header_value"),
+        ({"type": "header", "header_name": "X-Key", "header_value": "v\n"}, "header_value"),
+        ({"type": "bearer", "token": "t\rX"}, "token"),
+    ],
+)
+async def test_cr_lf_in_auth_headers_is_400_on_prompt_and_download(
+    with_cache: RunningSidecar, http: aiohttp.ClientSession, auth: dict[str, str], field: str
+) -> None:
+    prompt = {"prompt": empty_image_prompt(), "credentials": [{"url_pattern": "**", "auth": auth}]}
+    status, body = await post_raw(http, f"{with_cache.url}/prompt", json.dumps(prompt).encode())
+    assert status == 400, body
+    assert body["location"] == f"credentials.0.auth.{auth['type']}.{field}"
+    assert "CR" in body["error"]
+    download = {"url": "https://example.invalid/x.bin", "model_type": "loras", "wait": True, "auth": auth}
+    status, body = await post_raw(http, f"{with_cache.url}/download", json.dumps(download).encode())
+    assert status == 400, body
+    assert "CR" in body["error"]

@@ -28,8 +28,18 @@ from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyErr
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.lifecycle import Lifecycle, State
 from comfyui_sidecar.metrics import Metrics
-from comfyui_sidecar.models import VERSION, InterruptRequest, PromptRequest
-from comfyui_sidecar.openapi import build_openapi, docs_page
+from comfyui_sidecar.models import (
+    VERSION,
+    ErrorResponse,
+    HealthResponse,
+    InterruptRequest,
+    InterruptResponse,
+    PromptRequest,
+    PromptResponse,
+    ReadyResponse,
+    ServerError,
+)
+from comfyui_sidecar.openapi import Operation, build_openapi, docs_page, documented
 from comfyui_sidecar.prompt_flow import PrepareError, PromptService, echo, is_async
 from comfyui_sidecar.request_body import BODY_LIMITS_KEY, BodyError, ClientAborted
 from comfyui_sidecar.settings import Settings
@@ -49,6 +59,7 @@ STOP_KEY = web.AppKey("stop", asyncio.Event)
 SYSTEM_EVENTS_KEY = web.AppKey("system_events", SystemEvents)
 
 log = logging.getLogger(__name__)
+MODELS_MAP = {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}
 
 
 @runtime_checkable
@@ -186,6 +197,9 @@ def validate(data: dict[str, Any], model: type[BaseModel]) -> Any:
 
 
 # ---- handlers --------------------------------------------------------------------------------
+@documented(
+    Operation("Liveness", {200: (HealthResponse, "alive"), 500: (HealthResponse, "warmup failed for good")})
+)
 async def health(request: web.Request) -> web.Response:
     healthy = request.app[STATE_KEY].healthy
     return json_response(
@@ -199,6 +213,12 @@ def is_ready(app: web.Application) -> bool:
     return ready
 
 
+@documented(
+    Operation(
+        "Readiness (warm, ComfyUI connected, queue below MAX_QUEUE_DEPTH)",
+        {200: (ReadyResponse, "ready"), 503: (ReadyResponse, "not ready")},
+    )
+)
 async def ready(request: web.Request) -> web.Response:
     ok = is_ready(request.app)
     return json_response({"version": VERSION, "status": "ready" if ok else "not ready"}, 200 if ok else 503)
@@ -218,6 +238,12 @@ async def drain_route(request: web.Request) -> web.Response:
     return json_response({"version": VERSION, "drained": drained})
 
 
+@documented(
+    Operation(
+        "Model files per ComfyUI model folder",
+        {200: (MODELS_MAP, "folder -> file names"), 502: (ServerError, "ComfyUI did not answer")},
+    )
+)
 async def models(request: web.Request) -> web.Response:
     try:
         result = await request.app[COMFY_KEY].models()
@@ -226,6 +252,29 @@ async def models(request: web.Request) -> web.Response:
     return json_response(result)
 
 
+@documented(
+    Operation(
+        "Run a ComfyUI prompt",
+        {
+            200: (PromptResponse, "finished (synchronous)"),
+            202: (PromptResponse, "accepted; results go to the webhook / upload"),
+            400: (ErrorResponse, "invalid request, JSON or prompt"),
+            408: (ServerError, "the body did not arrive in time"),
+            409: (ErrorResponse, "a prompt with this id is already running"),
+            413: (ServerError, "body larger than MAX_BODY_SIZE_MB or with more than MAX_JSON_VALUES values"),
+            415: (
+                ServerError,
+                "content type is not application/json, charset or Content-Encoding unsupported",
+            ),
+            422: (ErrorResponse, "convert_output: an image is larger than CONVERT_MAX_PIXELS"),
+            500: (ServerError, "ComfyUI failed to run the prompt (comfy_error has details)"),
+            502: (ServerError, "ComfyUI unreachable or lost the prompt, or an upload failed"),
+            503: (ServerError, "shutting down"),
+            504: (ServerError, "PROMPT_TIMEOUT_S exceeded"),
+        },
+        request=PromptRequest,
+    )
+)
 async def prompt(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     app = request.app
@@ -272,6 +321,17 @@ def _node_errors(body: Any) -> Any:
     return body.get("node_errors", {}) if isinstance(body, dict) else {}
 
 
+@documented(
+    Operation(
+        "Interrupt a running prompt by request id",
+        {
+            200: (InterruptResponse, "interrupted"),
+            400: (ErrorResponse, "invalid request or JSON"),
+            404: (InterruptResponse, "unknown or finished id"),
+        },
+        request=InterruptRequest,
+    )
+)
 async def interrupt(request: web.Request) -> web.Response:
     parsed = await read_json(request, InterruptRequest)
     if isinstance(parsed, web.Response):
@@ -282,21 +342,31 @@ async def interrupt(request: web.Request) -> web.Response:
     )
 
 
+def _document(request: web.Request) -> dict[str, Any]:
+    return build_openapi(request.app, request.app[SETTINGS_KEY].port)
+
+
+@documented(Operation("This OpenAPI document (JSON)", {200: ({"type": "object"}, "OpenAPI 3")}))
 async def docs_json(request: web.Request) -> web.Response:
-    return json_response(build_openapi(request.app[SETTINGS_KEY].port))
+    return json_response(_document(request))
 
 
+@documented(
+    Operation("This OpenAPI document (YAML)", {200: (None, "OpenAPI 3")}, content_type="application/yaml")
+)
 async def docs_yaml(request: web.Request) -> web.Response:
-    text = yaml.safe_dump(build_openapi(request.app[SETTINGS_KEY].port), sort_keys=False)
+    text = yaml.safe_dump(_document(request), sort_keys=False)
     return web.Response(text=text, content_type="application/yaml")
 
 
+@documented(Operation("The endpoints as an HTML page", {200: (None, "HTML")}, content_type="text/html"))
 async def docs_html(request: web.Request) -> web.Response:
-    return web.Response(
-        text=docs_page(build_openapi(request.app[SETTINGS_KEY].port)), content_type="text/html"
-    )
+    return web.Response(text=docs_page(_document(request)), content_type="text/html")
 
 
+@documented(
+    Operation("Prometheus metrics", {200: (None, "text exposition format")}, content_type="text/plain")
+)
 async def metrics(request: web.Request) -> web.Response:
     is_ready(request.app)
     # The app's own registry, then the process-wide one (cache metrics, process_* and python_* collectors).

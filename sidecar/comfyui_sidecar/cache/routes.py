@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from comfyui_sidecar.cache.naming import redact_url, strip_userinfo, url_basename
 from comfyui_sidecar.cache.store import ModelCache
 from comfyui_sidecar.fetching import Credential, DownloadAuth, FetchError
+from comfyui_sidecar.openapi import Operation, documented
 from comfyui_sidecar.request_body import BodyError, read_json
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,40 @@ def add_download_routes(app: web.Application, cache: ModelCache) -> None:
     app.add_routes(download_routes(cache))
 
 
+_DOWNLOADED = {
+    "type": "object",
+    "properties": {
+        name: {"type": kind}
+        for name, kind in (
+            ("url", "string"),
+            ("model_type", "string"),
+            ("filename", "string"),
+            ("status", "string"),
+            ("size", "integer"),
+            ("duration", "number"),
+            ("sha256", "string"),
+        )
+    },
+}
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "location": {"type": "string"}}}
+DOWNLOAD_OPERATION = Operation(
+    "Download a model URL into the cache's model folder model_type",
+    {
+        200: (_DOWNLOADED, "downloaded (wait: true)"),
+        202: (_DOWNLOADED, "started (wait: false)"),
+        400: (_ERROR, "invalid request, JSON, URL, model_type, or the download failed"),
+        408: (_ERROR, "the body did not arrive in time"),
+        413: (_ERROR, "body too large"),
+        415: (_ERROR, "content type is not application/json, charset or Content-Encoding unsupported"),
+    },
+    request=DownloadRequest,
+)
+
+
 def download_routes(cache: ModelCache) -> list[web.RouteDef]:
     """The route table of `POST /download` (background downloads are owned, and cancelled, by the cache)."""
 
+    @documented(DOWNLOAD_OPERATION)
     async def download(request: web.Request) -> web.Response:
         try:
             raw = await read_json(request)

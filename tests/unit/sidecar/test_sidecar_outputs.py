@@ -10,7 +10,6 @@ import pytest
 from comfyui_sidecar.convert import convert_image
 from comfyui_sidecar.media import sniff_extension
 from comfyui_sidecar.models import ConvertOutput, JpegOptions, PromptRequest, WebpOptions
-from comfyui_sidecar.openapi import build_openapi
 from comfyui_sidecar.outputs import OutputFile, OutputRef, is_safe_relative, output_refs
 from comfyui_sidecar.prompt_flow import echo, is_async, js_key_order
 from PIL import Image
@@ -121,13 +120,3 @@ def test_sniffing_recognises_common_media() -> None:
     assert sniff_extension(b"RIFF\x00\x00\x00\x00WAVEfmt ") == "wav"
     assert sniff_extension(b"\x00\x00\x00\x18ftypisom") == "mp4"
     assert sniff_extension(b"hello") is None
-
-
-def test_openapi_document_is_built_from_the_models() -> None:
-    document = build_openapi(3000)
-    schemas = document["components"]["schemas"]
-    assert {"PromptRequest", "PromptResponse", "ErrorResponse", "WebpOptions"} <= set(schemas)
-    assert document["paths"]["/prompt"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/PromptRequest"
-    }
-    assert "#/$defs" not in json.dumps(document)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfyui_sidecar.cache.settings import CacheSettings
@@ -113,7 +113,8 @@ class SidecarSettings(BaseSettings):
     sidecar_mode: Literal["attach", "supervise"] = Field(
         "attach",
         description="attach: ComfyUI runs elsewhere (another container) at COMFYUI_URL; "
-        "supervise: the sidecar starts ComfyUI with CMD and restarts it when it dies.",
+        "supervise: the sidecar starts ComfyUI with CMD and restarts it when it dies. "
+        "Default: supervise when CMD is set (as with comfyui-api), else attach.",
     )
     comfyui_url: str | None = Field(
         None,
@@ -215,6 +216,13 @@ class SidecarSettings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"WARMUP_PROMPT_FILE does not exist: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _cmd_means_supervise(self) -> SidecarSettings:
+        """comfyui-api starts ComfyUI from CMD: with CMD set and SIDECAR_MODE unset, supervise."""
+        if "cmd" in self.model_fields_set and "sidecar_mode" not in self.model_fields_set:
+            self.sidecar_mode = "supervise"
+        return self
 
     @property
     def comfy_url(self) -> str:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from comfyui_sidecar import jsonbody, request_body
 from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.convert import ImageTooLarge
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.lifecycle import Lifecycle, State
 from comfyui_sidecar.metrics import Metrics
@@ -247,7 +248,7 @@ async def drain_route(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     try:
         result = await request.app[COMFY_KEY].models()
-    except (aiohttp.ClientError, ValueError) as error:
+    except (aiohttp.ClientError, ValueError, TimeoutError) as error:
         return server_error(502, f"Could not list models from ComfyUI: {type(error).__name__}")
     return json_response(result)
 
@@ -313,6 +314,8 @@ async def prompt(request: web.Request) -> web.StreamResponse:
         return server_error(error.status, error.message, error.comfy_error)
     except UploadError as error:
         return server_error(502, f"Upload failed: {error}")
+    except ImageTooLarge as error:
+        return json_response({"error": str(error), "location": "convert_output"}, 422)
     body.update(images=delivered.images, filenames=delivered.filenames, stats=delivered.stats)
     return await files_json_response(request, body, 200)
 

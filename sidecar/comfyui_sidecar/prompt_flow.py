@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
-from comfyui_sidecar.convert import convert_image
+from comfyui_sidecar.convert import ImageTooLarge, convert_image
 from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
 from comfyui_sidecar.jsonbody import Base64List, Base64Str, b64decode_sliced
 from comfyui_sidecar.loaders import loader_table
@@ -307,7 +307,8 @@ class PromptService:
 
     # ---- running -------------------------------------------------------------------------------------------
     async def run(self, prepared: Prepared) -> Delivered:
-        """Run a prepared prompt; return the result. Raises ComfyError/ComfyRejected/UploadError."""
+        """Run a prepared prompt; return the result.
+        Raises ComfyError, ComfyRejected, UploadError or ImageTooLarge."""
         outcome = "failed"
         try:
             result = await self._execute_and_deliver(prepared)
@@ -333,7 +334,7 @@ class PromptService:
         request = prepared.request
         try:
             delivered = await self.run(prepared)
-        except (ComfyError, ComfyRejected, UploadError) as error:
+        except (ComfyError, ComfyRejected, UploadError, ImageTooLarge) as error:
             message = getattr(error, "message", str(error))
             log.warning("prompt %s failed: %s", request.id, message)
             self._send_failed(request, prepared.prompt, message)
@@ -462,7 +463,9 @@ class PromptService:
         result = []
         for file in files:
             try:
-                result.append(await asyncio.to_thread(convert_image, file, convert))
+                result.append(
+                    await asyncio.to_thread(convert_image, file, convert, self.settings.convert_max_pixels)
+                )
             except (OSError, ValueError) as error:
                 log.warning("convert_output skipped %s: %s", file.filename, error)
                 result.append(file)

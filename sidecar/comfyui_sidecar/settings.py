@@ -157,6 +157,12 @@ class SidecarSettings(BaseSettings):
     restart_backoff_max_s: float = Field(
         30.0, gt=0, description="Supervise mode: cap of the restart backoff."
     )
+    convert_max_pixels: int = Field(
+        16384 * 16384,
+        ge=1,
+        description="Largest image (width x height) convert_output re-encodes, else 422; decoding takes "
+        "about 4 bytes per pixel of sidecar memory (16384x16384: ~1.1 GB).",
+    )
     max_prompt_nodes: int = Field(
         10_000, ge=1, description="Most nodes a prompt may have (else 400): bounds one prompt's memory."
     )

@@ -279,3 +279,18 @@ async def test_cr_lf_in_auth_headers_is_400_on_prompt_and_download(
     status, body = await post_raw(http, f"{with_cache.url}/download", json.dumps(download).encode())
     assert status == 400, body
     assert "CR" in body["error"]
+
+
+async def test_convert_output_over_the_pixel_limit_is_422_and_leaves_no_file(
+    standin: RunningStandin, http: aiohttp.ClientSession
+) -> None:
+    async with run_sidecar(sidecar_settings(standin.url, standin.dirs, convert_max_pixels=32 * 32 - 1)) as sc:
+        request = {"prompt": empty_image_prompt(32, 32), "convert_output": {"format": "webp"}}
+        status, body = await post_raw(http, f"{sc.url}/prompt", json.dumps(request).encode())
+        assert status == 422, body
+        assert body["location"] == "convert_output"
+        assert "32x32 = 1024 pixels, more than CONVERT_MAX_PIXELS (1023)" in body["error"]
+        assert list(standin.dirs.output.rglob("*.png")) == []
+        request["prompt"] = empty_image_prompt(31, 32)
+        status, body = await post_raw(http, f"{sc.url}/prompt", json.dumps(request).encode())
+        assert status == 200, body

@@ -235,7 +235,7 @@ async def test_cmd_alone_supervises_and_comfyui_sees_the_cache_and_extra_folders
     base = tmp_path / "comfy"
     cache = tmp_path / "cache"
     env = {
-        "CMD": f"{sys.executable} -m comfyui_standin --listen 127.0.0.1 --port {port} --base-directory {base}",
+        "CMD": f"{sys.executable} -m comfyui_standin --port {port} --base-directory {base}",
         "COMFY_HOME": str(base),
         "COMFYUI_PORT_HOST": str(port),
         "CACHE_DIR": str(cache),

@@ -261,7 +261,10 @@ async def models(request: web.Request) -> web.Response:
             202: (PromptResponse, "accepted; results go to the webhook / upload"),
             400: (ErrorResponse, "invalid request, JSON or prompt"),
             408: (ServerError, "the body did not arrive in time"),
-            409: (ErrorResponse, "a prompt with this id is already running"),
+            409: (
+                ErrorResponse,
+                "a prompt with this id is running, or finished and ComfyUI served it from cache",
+            ),
             413: (ServerError, "body larger than MAX_BODY_SIZE_MB or with more than MAX_JSON_VALUES values"),
             415: (
                 ServerError,
@@ -311,6 +314,8 @@ async def prompt(request: web.Request) -> web.StreamResponse:
     except ComfyRejected as error:
         return bad_request(error.message, "prompt", node_errors=_node_errors(error.body))
     except ComfyError as error:
+        if error.status == 409:
+            return json_response({"error": error.message, "location": "id"}, 409)
         return server_error(error.status, error.message, error.comfy_error)
     except UploadError as error:
         return server_error(502, f"Upload failed: {error}")

@@ -46,6 +46,19 @@ class ComfyError(Exception):
         self.comfy_error = comfy_error
 
 
+class OutputMissing(ComfyError):
+    """ComfyUI reported an output file that neither the output directory nor its /view has: usually an
+    identical prompt served from ComfyUI's execution cache, which writes no file again."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(
+            502,
+            f"ComfyUI reported output {filename}, but the file does not exist: ComfyUI serves an identical "
+            "prompt from its cache without writing its files again; send it with a new id",
+        )
+        self.filename = filename
+
+
 class ComfyRejected(Exception):
     """ComfyUI refused the prompt at queueing time (validation): 400 with its node_errors."""
 
@@ -244,6 +257,8 @@ class ComfyClient:
         timeout = aiohttp.ClientTimeout(sock_connect=CONTROL_TIMEOUT_S, sock_read=VIEW_READ_TIMEOUT_S)
         try:
             async with self.session.get(f"{self.base_url}/view", params=params, timeout=timeout) as response:
+                if response.status == 404:
+                    raise OutputMissing(ref.filename)
                 if response.status != 200:
                     raise ComfyError(
                         502, f"ComfyUI could not return output {ref.filename}: HTTP {response.status}"

@@ -14,13 +14,14 @@ import os
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected, OutputMissing
 from comfyui_sidecar.convert import ImageTooLarge, convert_image
 from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
 from comfyui_sidecar.jsonbody import Base64List, Base64Str, b64decode_sliced
@@ -48,6 +49,7 @@ _SECRET_FIELDS = frozenset(
 )
 THREAD_THRESHOLD = 512 * 1024
 DISCARD_HISTORY_TIMEOUT_S = 5.0
+FINISHED_IDS_KEPT = 10_000
 
 
 class PrepareError(Exception):
@@ -197,6 +199,8 @@ class PromptService:
         )
         self.comfy_ids: dict[str, str] = {}
         self.api_ids: dict[str, str] = {}
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        """Ids of the last FINISHED_IDS_KEPT delivered prompts (a re-sent one gets a clear 409)."""
         self.running: set[str] = set()
         """Request ids from `prepare` until the prompt ends (a second prompt with one of them gets 409)."""
         self.inflight = 0
@@ -313,6 +317,7 @@ class PromptService:
         try:
             result = await self._execute_and_deliver(prepared)
             outcome = "success"
+            self._remember_finished(prepared.request.id)
             return result
         except ComfyError as error:
             outcome = {504: "timeout", 502: "unreachable"}.get(error.status, "failed")
@@ -324,6 +329,12 @@ class PromptService:
             await prepared.cleanup.aclose()
             self.metrics.prompt_duration.labels(outcome=outcome).observe(time.monotonic() - prepared.started)
             self._leave(prepared.request.id)
+
+    def _remember_finished(self, request_id: str) -> None:
+        self.finished[request_id] = None
+        self.finished.move_to_end(request_id)
+        while len(self.finished) > FINISHED_IDS_KEPT:
+            self.finished.popitem(last=False)
 
     def run_in_background(self, prepared: Prepared) -> None:
         task = asyncio.get_running_loop().create_task(self._background_run(prepared))
@@ -364,7 +375,16 @@ class PromptService:
                 self.comfy_ids.pop(request.id, None)
                 self.api_ids.pop(comfy_id, None)
             refs = output_refs(execution.outputs, js_key_order(prepared.prompt))
-            files = await self.read_outputs(refs)
+            try:
+                files = await self.read_outputs(refs)
+            except OutputMissing as missing:
+                if request.id in self.finished:
+                    raise ComfyError(
+                        409,
+                        f"a prompt with id {request.id} already finished and its outputs were delivered; "
+                        f"{missing.message.split(': ', 1)[1]}",
+                    ) from None
+                raise
             round_trip_ms = self._elapsed_ms(prepared)
             files = await self._convert(files, request)
         except ComfyRejected:

@@ -61,6 +61,7 @@ from comfyui_sidecar.cache.naming import (
 from comfyui_sidecar.cache.settings import CacheSettings
 from comfyui_sidecar.cache.singleflight import SingleFlight
 from comfyui_sidecar.cache.ssrf import BlockedURLError, GuardedResolver, guard_from_settings
+from comfyui_sidecar.cache.upstream import adopt_upstream_files
 from comfyui_sidecar.fetching import BearerAuth, Credential, DownloadAuth, Fetch, FetchError
 from comfyui_sidecar.model_paths import configured_folders, write_model_paths
 
@@ -218,6 +219,7 @@ class ModelCache:
             if stale.is_dir() and not stale.is_symlink():
                 continue
             stale.unlink(missing_ok=True)
+        adopt_upstream_files(self.root, self.blobs)
         self._rebuild_index()
         self._rebuild_links()
         for victim in self.index.over_budget():

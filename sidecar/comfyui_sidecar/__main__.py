@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from comfyui_sidecar.app import STATE_KEY, STOP_KEY, create_app, drain, make_runner
+from comfyui_sidecar.app import STATE_KEY, STOP_KEY, QuietBadRequests, create_app, drain, make_runner
 from comfyui_sidecar.listen import listening_socket
 from comfyui_sidecar.model_paths import write_model_paths
 from comfyui_sidecar.settings import Settings
@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     return asyncio.run(serve(settings))
 
 

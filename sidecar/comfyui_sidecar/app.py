@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import yaml
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -395,8 +396,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except web.HTTPNotFound:
         response = _fastify_error_plain(404, f"Route {request.method}:{request.path} not found")
-    except web.HTTPMethodNotAllowed:
+    except web.HTTPMethodNotAllowed as error:
         response = _fastify_error_plain(405, f"Method {request.method} not allowed on {request.path}")
+        response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))
     except web.HTTPException:
         raise
     except ClientAborted:
@@ -411,6 +413,18 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _fastify_error_plain(status: int, message: str) -> web.Response:
     return json_response({"message": message, "error": _status_reason(status), "statusCode": status}, status)
+
+
+class QuietBadRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a NUL in a header, a broken request line) with 400 itself
+    and logs it as an ERROR with a traceback; that is the client's mistake: one info line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args, record.exc_info = f"bad request: {error.message}".strip(), None, None
+        return record.levelno >= logging.getLogger("aiohttp.server").getEffectiveLevel()
 
 
 # ---- assembly --------------------------------------------------------------------------------

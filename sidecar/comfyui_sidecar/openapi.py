@@ -72,7 +72,7 @@ def _operation_json(operation: Operation) -> dict[str, Any]:
         if schema is not None:
             answer["content"] = {"application/json": {"schema": _schema(schema)}}
         elif status == 200 and operation.content_type != "application/json":
-            answer["content"] = {operation.content_type: {"schema": {"type": "string"}}}
+            answer["content"] = {operation.content_type: {}}  # text, YAML or HTML: no JSON schema
         responses[str(status)] = answer
     out["responses"] = responses
     return out

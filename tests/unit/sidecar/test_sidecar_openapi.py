@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 from aiohttp import web
-from comfyui_sidecar.app import build_fetcher, create_app
+from aiohttp.http_exceptions import BadHttpMessage
+from comfyui_sidecar.app import QuietBadRequests, build_fetcher, create_app
 from comfyui_sidecar.openapi import build_openapi
 from comfyui_sidecar.settings import Settings
 
@@ -56,3 +59,14 @@ def test_bodies_and_answers_refer_to_the_models(tmp_path: Path) -> None:
         "DownloadRequest"
     )
     assert "#/$defs" not in json.dumps(document)
+
+
+def test_requests_aiohttp_cannot_parse_are_one_info_line_without_traceback() -> None:
+    try:
+        raise BadHttpMessage("Invalid header value char")
+    except BadHttpMessage:
+        info = sys.exc_info()
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error handling request", (), info)
+    QuietBadRequests().filter(record)
+    assert (record.levelname, record.exc_info) == ("INFO", None)
+    assert record.getMessage() == "bad request: Invalid header value char"

@@ -61,6 +61,10 @@ STOP_KEY = web.AppKey("stop", asyncio.Event)
 SYSTEM_EVENTS_KEY = web.AppKey("system_events", SystemEvents)
 
 log = logging.getLogger(__name__)
+COMFYUI_STATE = {
+    "type": "object",
+    "properties": {"version": {"type": "string"}, "comfyui": {"type": "string"}},
+}
 MODELS_MAP = {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}
 
 
@@ -226,6 +230,12 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"version": VERSION, "status": "ready" if ok else "not ready"}, 200 if ok else 503)
 
 
+@documented(
+    Operation(
+        "Whether ComfyUI answers now (the probes of the ComfyUI container)",
+        {200: (COMFYUI_STATE, "ComfyUI answers"), 503: (COMFYUI_STATE, "ComfyUI does not answer")},
+    )
+)
 async def comfyui_health(request: web.Request) -> web.Response:
     """Whether ComfyUI answers now: the pod's startup and liveness probes of the ComfyUI container, which
     listens on loopback only and can not be probed by the kubelet directly."""
@@ -234,6 +244,17 @@ async def comfyui_health(request: web.Request) -> web.Response:
     return json_response({"version": VERSION, "comfyui": "up" if up else "down"}, 200 if up else 503)
 
 
+@documented(
+    Operation(
+        "The ComfyUI container's preStop hook: stop taking prompts, wait for the running ones",
+        {
+            200: (
+                {"type": "object", "properties": {"drained": {"type": "boolean"}}},
+                "drained (or grace over)",
+            )
+        },
+    )
+)
 async def drain_route(request: web.Request) -> web.Response:
     """The ComfyUI container's preStop hook (the kubelet's hooks can only GET): see `prestop_drain`."""
     drained = await prestop_drain(request.app)
@@ -337,6 +358,12 @@ def _node_errors(body: Any) -> Any:
             200: (InterruptResponse, "interrupted"),
             400: (ErrorResponse, "invalid request or JSON"),
             404: (InterruptResponse, "unknown or finished id"),
+            408: (ServerError, "the body did not arrive in time"),
+            413: (ServerError, "body too large"),
+            415: (
+                ServerError,
+                "content type is not application/json, charset or Content-Encoding unsupported",
+            ),
         },
         request=InterruptRequest,
     )

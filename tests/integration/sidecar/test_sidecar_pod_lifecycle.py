@@ -20,10 +20,12 @@ async def _status(http: aiohttp.ClientSession, url: str) -> int:
 
 
 async def test_health_comfyui_follows_comfyui(standin: RunningStandin, http: aiohttp.ClientSession) -> None:
-    async with run_sidecar(sidecar_settings(standin.url, standin.dirs)) as sc:
-        async with http.get(f"{sc.url}/health/comfyui") as response:
-            assert response.status == 200
-            assert (await response.json())["comfyui"] == "up"
+    async with (
+        run_sidecar(sidecar_settings(standin.url, standin.dirs)) as sc,
+        http.get(f"{sc.url}/health/comfyui") as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["comfyui"] == "up"
 
 
 async def test_health_comfyui_is_503_while_health_stays_200_without_comfyui(
@@ -64,7 +66,9 @@ async def test_drain_takes_prompts_during_the_delay_then_waits_for_them(
         assert running.done()
 
 
-async def test_sigterm_drain_refuses_new_prompts(standin: RunningStandin, http: aiohttp.ClientSession) -> None:
+async def test_sigterm_drain_refuses_new_prompts(
+    standin: RunningStandin, http: aiohttp.ClientSession
+) -> None:
     from comfyui_sidecar.app import drain
 
     async with run_sidecar(sidecar_settings(standin.url, standin.dirs)) as sc:

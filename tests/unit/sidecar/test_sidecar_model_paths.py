@@ -89,3 +89,17 @@ def test_the_supervised_command_gets_the_model_paths_file_once(tmp_path: Path) -
     assert argv == ["python", "main.py", "--listen", "127.0.0.1", "--extra-model-paths-config", paths_file]
     again = Settings(cmd=" ".join(argv), cache_dir=tmp_path)
     assert comfy_command(again) == argv
+
+
+async def test_the_sidecar_writes_the_file_before_it_listens(tmp_path: Path) -> None:
+    """In a pod ComfyUI starts once the sidecar's /health answers: the file must exist before listening."""
+    from aiohttp import web
+    from comfyui_sidecar.app import build_fetcher, create_app
+
+    settings = Settings(comfy_home=tmp_path, cache_dir=tmp_path / "cache", extra_model_folders=["ipadapter"])
+    runner = web.AppRunner(create_app(settings, fetcher=build_fetcher(settings), start_lifecycle=False))
+    await runner.setup()  # the app's startup, before any socket is bound
+    try:
+        assert "ipadapter" in yaml.safe_load(settings.model_paths_file().read_text())["cache_models"]
+    finally:
+        await runner.cleanup()

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from comfyui_sidecar.app import STATE_KEY, STOP_KEY, create_app, drain
+from comfyui_sidecar.app import STATE_KEY, STOP_KEY, QuietBadRequests, create_app, drain, make_runner
 from comfyui_sidecar.listen import listening_socket
+from comfyui_sidecar.model_paths import write_model_paths
 from comfyui_sidecar.settings import Settings
 
 log = logging.getLogger("comfyui_sidecar")
@@ -48,19 +49,26 @@ def _show(value: object) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="comfyui-sidecar",
         description="A comfyui-api compatible HTTP server in front of ComfyUI. All settings are environment "
         "variables.",
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--write-model-paths",
+        action="store_true",
+        help="write ComfyUI's extra_model_paths.yaml (EXTRA_MODEL_PATHS_FILE) from the settings and exit "
+        "(the operator's init container runs this before ComfyUI starts)",
+    )
+    return parser
 
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT (or a fatal ComfyUI failure), drain prompts, return the exit code."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    runner = make_runner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
         sock = listening_socket(settings.host, settings.port)
@@ -91,7 +99,7 @@ async def serve(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         settings = Settings()
     except ValidationError as error:
@@ -99,9 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             field = ".".join(str(part) for part in item["loc"]).upper()
             print(f"comfyui-sidecar: invalid setting {field}: {item['msg']}", file=sys.stderr)
         return 2
+    if args.write_model_paths:
+        try:
+            path = write_model_paths(settings, settings.model_dir)
+        except OSError as error:
+            print(f"comfyui-sidecar: cannot write the model paths file: {error}", file=sys.stderr)
+            return 1
+        print(f"comfyui-sidecar: wrote {path}")
+        return 0
     logging.basicConfig(
         level=_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     return asyncio.run(serve(settings))
 
 

@@ -20,17 +20,30 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import yaml
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from comfyui_sidecar import jsonbody
+from comfyui_sidecar import jsonbody, request_body
 from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.convert import ImageTooLarge
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.lifecycle import Lifecycle, State
 from comfyui_sidecar.metrics import Metrics
-from comfyui_sidecar.models import VERSION, InterruptRequest, PromptRequest
-from comfyui_sidecar.openapi import build_openapi, docs_page
+from comfyui_sidecar.models import (
+    VERSION,
+    ErrorResponse,
+    HealthResponse,
+    InterruptRequest,
+    InterruptResponse,
+    PromptRequest,
+    PromptResponse,
+    ReadyResponse,
+    ServerError,
+)
+from comfyui_sidecar.openapi import Operation, build_openapi, docs_page, documented
 from comfyui_sidecar.prompt_flow import PrepareError, PromptService, echo, is_async
+from comfyui_sidecar.request_body import BODY_LIMITS_KEY, BodyError, ClientAborted
 from comfyui_sidecar.settings import Settings
 from comfyui_sidecar.system_events import SystemEvents, metadata_from, parse_events
 from comfyui_sidecar.uploads import UploadError
@@ -48,6 +61,11 @@ STOP_KEY = web.AppKey("stop", asyncio.Event)
 SYSTEM_EVENTS_KEY = web.AppKey("system_events", SystemEvents)
 
 log = logging.getLogger(__name__)
+COMFYUI_STATE = {
+    "type": "object",
+    "properties": {"version": {"type": "string"}, "comfyui": {"type": "string"}},
+}
+MODELS_MAP = {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}
 
 
 @runtime_checkable
@@ -145,20 +163,38 @@ def validation_message(error: ValidationError) -> tuple[str, str]:
     return "Bad Request: " + "; ".join(parts), location
 
 
-async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
-    """Parse and validate a JSON body; returns the model or an error response."""
-    if request.content_type != "application/json":
-        return _fastify_error(415, "FST_ERR_CTP_INVALID_MEDIA_TYPE", "Unsupported Media Type")
+_FASTIFY_CODES = {
+    408: "FST_ERR_REQUEST_TIMEOUT",
+    413: "FST_ERR_CTP_BODY_TOO_LARGE",
+    415: "FST_ERR_CTP_INVALID_MEDIA_TYPE",
+}
+
+
+def body_error_response(error: BodyError) -> web.Response:
+    """400 {error, location} for bad JSON; 408/413/415 in Fastify's shape."""
+    if error.status == 400:
+        return bad_request(error.message, error.location)
+    return _fastify_error(error.status, _FASTIFY_CODES.get(error.status, "FST_ERR"), error.message)
+
+
+async def read_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The JSON object body (request_body.read_json), or the error response."""
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _fastify_error(413, "FST_ERR_CTP_BODY_TOO_LARGE", "Request body is too large")
-    try:
-        data = json.loads(raw)
-    except ValueError as error:
-        return bad_request(f"Bad Request: malformed JSON: {error}", "body")
+        data = await request_body.read_json(request)
+    except BodyError as error:
+        return body_error_response(error)
     if not isinstance(data, dict):
         return bad_request("Bad Request: the body must be a JSON object", "body")
+    return data
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
+    """Read, decode and validate a JSON object body; the model or an error response."""
+    data = await read_object(request)
+    return data if isinstance(data, web.Response) else validate(data, model)
+
+
+def validate(data: dict[str, Any], model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -167,6 +203,9 @@ async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 # ---- handlers --------------------------------------------------------------------------------
+@documented(
+    Operation("Liveness", {200: (HealthResponse, "alive"), 500: (HealthResponse, "warmup failed for good")})
+)
 async def health(request: web.Request) -> web.Response:
     healthy = request.app[STATE_KEY].healthy
     return json_response(
@@ -180,11 +219,23 @@ def is_ready(app: web.Application) -> bool:
     return ready
 
 
+@documented(
+    Operation(
+        "Readiness (warm, ComfyUI connected, queue below MAX_QUEUE_DEPTH)",
+        {200: (ReadyResponse, "ready"), 503: (ReadyResponse, "not ready")},
+    )
+)
 async def ready(request: web.Request) -> web.Response:
     ok = is_ready(request.app)
     return json_response({"version": VERSION, "status": "ready" if ok else "not ready"}, 200 if ok else 503)
 
 
+@documented(
+    Operation(
+        "Whether ComfyUI answers now (the probes of the ComfyUI container)",
+        {200: (COMFYUI_STATE, "ComfyUI answers"), 503: (COMFYUI_STATE, "ComfyUI does not answer")},
+    )
+)
 async def comfyui_health(request: web.Request) -> web.Response:
     """Whether ComfyUI answers now: the pod's startup and liveness probes of the ComfyUI container, which
     listens on loopback only and can not be probed by the kubelet directly."""
@@ -193,26 +244,77 @@ async def comfyui_health(request: web.Request) -> web.Response:
     return json_response({"version": VERSION, "comfyui": "up" if up else "down"}, 200 if up else 503)
 
 
+@documented(
+    Operation(
+        "The ComfyUI container's preStop hook: stop taking prompts, wait for the running ones",
+        {
+            200: (
+                {"type": "object", "properties": {"drained": {"type": "boolean"}}},
+                "drained (or grace over)",
+            )
+        },
+    )
+)
 async def drain_route(request: web.Request) -> web.Response:
     """The ComfyUI container's preStop hook (the kubelet's hooks can only GET): see `prestop_drain`."""
     drained = await prestop_drain(request.app)
     return json_response({"version": VERSION, "drained": drained})
 
 
+@documented(
+    Operation(
+        "Model files per ComfyUI model folder",
+        {200: (MODELS_MAP, "folder -> file names"), 502: (ServerError, "ComfyUI did not answer")},
+    )
+)
 async def models(request: web.Request) -> web.Response:
     try:
         result = await request.app[COMFY_KEY].models()
-    except (aiohttp.ClientError, ValueError) as error:
+    except (aiohttp.ClientError, ValueError, TimeoutError) as error:
         return server_error(502, f"Could not list models from ComfyUI: {type(error).__name__}")
     return json_response(result)
 
 
+@documented(
+    Operation(
+        "Run a ComfyUI prompt",
+        {
+            200: (PromptResponse, "finished (synchronous)"),
+            202: (PromptResponse, "accepted; results go to the webhook / upload"),
+            400: (ErrorResponse, "invalid request, JSON or prompt"),
+            408: (ServerError, "the body did not arrive in time"),
+            409: (
+                ErrorResponse,
+                "a prompt with this id is running, or finished and ComfyUI served it from cache",
+            ),
+            413: (ServerError, "body larger than MAX_BODY_SIZE_MB or with more than MAX_JSON_VALUES values"),
+            415: (
+                ServerError,
+                "content type is not application/json, charset or Content-Encoding unsupported",
+            ),
+            422: (ErrorResponse, "convert_output: an image is larger than CONVERT_MAX_PIXELS"),
+            500: (ServerError, "ComfyUI failed to run the prompt (comfy_error has details)"),
+            502: (ServerError, "ComfyUI unreachable or lost the prompt, or an upload failed"),
+            503: (ServerError, "shutting down"),
+            504: (ServerError, "PROMPT_TIMEOUT_S exceeded"),
+        },
+        request=PromptRequest,
+    )
+)
 async def prompt(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
-    parsed = await read_json(request, PromptRequest)
+    app = request.app
+    data = await read_object(request)
+    if isinstance(data, web.Response):
+        return data
+    nodes, limit = data.get("prompt"), app[SETTINGS_KEY].max_prompt_nodes
+    if isinstance(nodes, dict) and len(nodes) > limit:
+        return bad_request(
+            f"Bad Request: prompt has {len(nodes)} nodes (at most {limit}, MAX_PROMPT_NODES)", "prompt"
+        )
+    parsed = validate(data, PromptRequest)
     if isinstance(parsed, web.Response):
         return parsed
-    app = request.app
     if app[STATE_KEY].stopping:
         return server_error(503, "The sidecar is shutting down and takes no new prompts")
     service = app[SERVICE_KEY]
@@ -234,9 +336,13 @@ async def prompt(request: web.Request) -> web.StreamResponse:
     except ComfyRejected as error:
         return bad_request(error.message, "prompt", node_errors=_node_errors(error.body))
     except ComfyError as error:
+        if error.status == 409:
+            return json_response({"error": error.message, "location": "id"}, 409)
         return server_error(error.status, error.message, error.comfy_error)
     except UploadError as error:
         return server_error(502, f"Upload failed: {error}")
+    except ImageTooLarge as error:
+        return json_response({"error": str(error), "location": "convert_output"}, 422)
     body.update(images=delivered.images, filenames=delivered.filenames, stats=delivered.stats)
     return await files_json_response(request, body, 200)
 
@@ -245,6 +351,23 @@ def _node_errors(body: Any) -> Any:
     return body.get("node_errors", {}) if isinstance(body, dict) else {}
 
 
+@documented(
+    Operation(
+        "Interrupt a running prompt by request id",
+        {
+            200: (InterruptResponse, "interrupted"),
+            400: (ErrorResponse, "invalid request or JSON"),
+            404: (InterruptResponse, "unknown or finished id"),
+            408: (ServerError, "the body did not arrive in time"),
+            413: (ServerError, "body too large"),
+            415: (
+                ServerError,
+                "content type is not application/json, charset or Content-Encoding unsupported",
+            ),
+        },
+        request=InterruptRequest,
+    )
+)
 async def interrupt(request: web.Request) -> web.Response:
     parsed = await read_json(request, InterruptRequest)
     if isinstance(parsed, web.Response):
@@ -255,21 +378,31 @@ async def interrupt(request: web.Request) -> web.Response:
     )
 
 
+def _document(request: web.Request) -> dict[str, Any]:
+    return build_openapi(request.app, request.app[SETTINGS_KEY].port)
+
+
+@documented(Operation("This OpenAPI document (JSON)", {200: ({"type": "object"}, "OpenAPI 3")}))
 async def docs_json(request: web.Request) -> web.Response:
-    return json_response(build_openapi(request.app[SETTINGS_KEY].port))
+    return json_response(_document(request))
 
 
+@documented(
+    Operation("This OpenAPI document (YAML)", {200: (None, "OpenAPI 3")}, content_type="application/yaml")
+)
 async def docs_yaml(request: web.Request) -> web.Response:
-    text = yaml.safe_dump(build_openapi(request.app[SETTINGS_KEY].port), sort_keys=False)
+    text = yaml.safe_dump(_document(request), sort_keys=False)
     return web.Response(text=text, content_type="application/yaml")
 
 
+@documented(Operation("The endpoints as an HTML page", {200: (None, "HTML")}, content_type="text/html"))
 async def docs_html(request: web.Request) -> web.Response:
-    return web.Response(
-        text=docs_page(build_openapi(request.app[SETTINGS_KEY].port)), content_type="text/html"
-    )
+    return web.Response(text=docs_page(_document(request)), content_type="text/html")
 
 
+@documented(
+    Operation("Prometheus metrics", {200: (None, "text exposition format")}, content_type="text/plain")
+)
 async def metrics(request: web.Request) -> web.Response:
     is_ready(request.app)
     # The app's own registry, then the process-wide one (cache metrics, process_* and python_* collectors).
@@ -278,6 +411,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a request the client abandoned; only logs and metrics ever show it."""
 
 
 @web.middleware
@@ -288,10 +423,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except web.HTTPNotFound:
         response = _fastify_error_plain(404, f"Route {request.method}:{request.path} not found")
-    except web.HTTPMethodNotAllowed:
+    except web.HTTPMethodNotAllowed as error:
         response = _fastify_error_plain(405, f"Method {request.method} not allowed on {request.path}")
+        response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))
     except web.HTTPException:
         raise
+    except ClientAborted:
+        log.info("client closed the connection during %s %s (499)", request.method, request.path)
+        response = web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception as error:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = server_error(500, f"Internal error: {type(error).__name__}")
@@ -306,13 +445,43 @@ def _fastify_error_plain(status: int, message: str) -> web.Response:
     return json_response({"message": message, "error": _status_reason(status), "statusCode": status}, status)
 
 
+class QuietBadRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a NUL in a header, a broken request line) with 400 itself
+    and logs it as an ERROR with a traceback; that is the client's mistake: one info line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args, record.exc_info = f"bad request: {error.message}".strip(), None, None
+        return record.levelno >= logging.getLogger("aiohttp.server").getEffectiveLevel()
+
+
 # ---- assembly --------------------------------------------------------------------------------
+def body_limits(settings: Settings) -> request_body.BodyLimits:
+    return request_body.BodyLimits(
+        max_bytes=settings.max_body_bytes,
+        idle_timeout_s=settings.body_read_timeout_s,
+        total_timeout_s=settings.body_total_timeout_s,
+        max_values=settings.max_json_values,
+    )
+
+
+def make_runner(app: web.Application, **options: Any) -> web.AppRunner:
+    """The AppRunner serving `app`: idle keep-alive connections, and requests whose headers do not arrive,
+    are closed after HTTP_IDLE_TIMEOUT_S; request bodies are decompressed by `request_body`, not aiohttp."""
+    return web.AppRunner(
+        app, keepalive_timeout=app[SETTINGS_KEY].http_idle_timeout_s, auto_decompress=False, **options
+    )
+
+
 def create_app(
     settings: Settings, *, fetcher: Fetcher | None = None, start_lifecycle: bool = True
 ) -> web.Application:
     """The sidecar application. `fetcher` defaults to `build_fetcher(settings)`."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe])
     app[SETTINGS_KEY] = settings
+    app[BODY_LIMITS_KEY] = body_limits(settings)
     app[FETCHER_KEY] = fetcher if fetcher is not None else build_fetcher(settings)
     app[STATE_KEY] = State()
     app[METRICS_KEY] = Metrics()

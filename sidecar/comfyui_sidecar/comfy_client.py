@@ -32,6 +32,8 @@ _IGNORED_PREFIXES = tuple(f'{{"type": "{name}"' for name in IGNORABLE_EVENTS)
 CONTROL_TIMEOUT_S = 10.0
 """Bound on control calls to ComfyUI (cancel, outputs from /history, reconcile after a reconnect), so a
 ComfyUI that stopped answering HTTP cannot hold a request or the websocket task."""
+VIEW_READ_TIMEOUT_S = 60.0
+"""Longest silence while an output is read through /view (the whole file may take longer)."""
 
 
 class ComfyError(Exception):
@@ -42,6 +44,19 @@ class ComfyError(Exception):
         self.status = status
         self.message = message
         self.comfy_error = comfy_error
+
+
+class OutputMissing(ComfyError):
+    """ComfyUI reported an output file that neither the output directory nor its /view has: usually an
+    identical prompt served from ComfyUI's execution cache, which writes no file again."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(
+            502,
+            f"ComfyUI reported output {filename}, but the file does not exist: ComfyUI serves an identical "
+            "prompt from its cache without writing its files again; send it with a new id",
+        )
+        self.filename = filename
 
 
 class ComfyRejected(Exception):
@@ -237,20 +252,29 @@ class ComfyClient:
             return False
 
     async def view(self, ref: OutputRef) -> bytes:
+        """An output through ComfyUI's /view; 502 when ComfyUI fails, or is silent for VIEW_READ_TIMEOUT_S."""
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
+        timeout = aiohttp.ClientTimeout(sock_connect=CONTROL_TIMEOUT_S, sock_read=VIEW_READ_TIMEOUT_S)
         try:
-            async with self.session.get(f"{self.base_url}/view", params=params) as response:
+            async with self.session.get(f"{self.base_url}/view", params=params, timeout=timeout) as response:
+                if response.status == 404:
+                    raise OutputMissing(ref.filename)
                 if response.status != 200:
                     raise ComfyError(
                         502, f"ComfyUI could not return output {ref.filename}: HTTP {response.status}"
                     )
                 return await response.read()
-        except aiohttp.ClientError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise ComfyError(
                 502, f"ComfyUI could not return output {ref.filename}: {type(error).__name__}"
             ) from None
 
     async def models(self) -> dict[str, list[str]]:
+        """Every model folder with its files; TimeoutError after CONTROL_TIMEOUT_S in all."""
+        async with asyncio.timeout(CONTROL_TIMEOUT_S):
+            return await self._models()
+
+    async def _models(self) -> dict[str, list[str]]:
         async with self.session.get(f"{self.base_url}/models") as response:
             response.raise_for_status()
             folders = await response.json()

@@ -11,10 +11,26 @@ from comfyui_sidecar.outputs import OutputFile
 
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 
+# Pillow refuses images over ~179 MP (its decompression-bomb guard, a process-wide setting), which a 4x
+# upscale passes; the sidecar applies its own limit, CONVERT_MAX_PIXELS, instead. The images are ComfyUI's
+# own outputs, not uploads.
+Image.MAX_IMAGE_PIXELS = None
 
-def convert_image(file: OutputFile, convert: ConvertOutput) -> OutputFile:
-    """Re-encode an image output; raises OSError/ValueError for data Pillow cannot read (e.g. a video)."""
+
+class ImageTooLarge(Exception):
+    """An output image larger than CONVERT_MAX_PIXELS (the request gets 422)."""
+
+
+def convert_image(file: OutputFile, convert: ConvertOutput, max_pixels: int) -> OutputFile:
+    """Re-encode an image output; raises OSError/ValueError for data Pillow cannot read (e.g. a video),
+    ImageTooLarge for an image of more than `max_pixels` (checked from its header, before decoding)."""
     with Image.open(io.BytesIO(file.data)) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"convert_output: {file.filename} is {width}x{height} = {width * height} pixels, more than "
+                f"CONVERT_MAX_PIXELS ({max_pixels}); ask without convert_output to get it unconverted"
+            )
         image.load()
         buffer = io.BytesIO()
         if convert.format == "webp":

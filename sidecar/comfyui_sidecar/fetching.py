@@ -10,12 +10,34 @@ only the fetcher does I/O.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_name(value: str) -> str:
+    """The one header validator (names): an RFC 9110 token, so no CR/LF or separators can get in."""
+    if not _TOKEN.fullmatch(value):
+        raise ValueError("must be an HTTP header name (letters, digits, !#$%&'*+-.^_`|~ only; no CR or LF)")
+    return value
+
+
+def header_value(value: str) -> str:
+    """The one header validator (values): no CR, LF or other control characters (tab allowed)."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain CR, LF or other control characters")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(header_name)]
+HeaderValue = Annotated[str, AfterValidator(header_value)]
 
 
 class _Auth(BaseModel):
@@ -24,7 +46,7 @@ class _Auth(BaseModel):
 
 class BearerAuth(_Auth):
     type: Literal["bearer"]
-    token: str
+    token: HeaderValue
 
 
 class BasicAuth(_Auth):
@@ -35,8 +57,8 @@ class BasicAuth(_Auth):
 
 class HeaderAuth(_Auth):
     type: Literal["header"]
-    header_name: str
-    header_value: str
+    header_name: HeaderName
+    header_value: HeaderValue
 
 
 class QueryAuth(_Auth):

@@ -18,6 +18,7 @@ import aiohttp
 
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
 from comfyui_sidecar.metrics import Metrics
+from comfyui_sidecar.model_paths import write_model_paths
 from comfyui_sidecar.models import PromptRequest
 from comfyui_sidecar.prompt_flow import PrepareError, PromptService
 from comfyui_sidecar.settings import Settings
@@ -51,6 +52,21 @@ class State:
         if not (self.warm and self.comfy_up and self.healthy and self.models_ready) or self.draining:
             return False
         return max_queue_depth == 0 or queue_depth < max_queue_depth
+
+
+MODEL_PATHS_FLAG = "--extra-model-paths-config"
+
+
+def comfy_command(settings: Settings) -> list[str]:
+    """CMD split like a shell would, plus `--extra-model-paths-config <file>` (the file the sidecar writes:
+    comfyui_sidecar.model_paths) unless CMD names that file already. ComfyUI reads every such flag, so a
+    user's own file stays in effect; CMD must pass its arguments on to ComfyUI (`python main.py …`,
+    `comfy launch -- …`, or a script that forwards "$@")."""
+    argv = shlex.split(settings.cmd)
+    paths_file = str(settings.model_paths_file())
+    if argv and paths_file not in argv:
+        argv += [MODEL_PATHS_FLAG, paths_file]
+    return argv
 
 
 class Lifecycle:
@@ -200,9 +216,10 @@ class Lifecycle:
     async def _launch(self) -> bool:
         """Start ComfyUI from CMD; False (logged) when the command cannot be started at all."""
         try:
-            argv = shlex.split(self.settings.cmd)
+            argv = comfy_command(self.settings)
             if not argv:
                 raise ValueError("CMD is empty")
+            write_model_paths(self.settings, self.settings.model_dir)
             log.info("starting ComfyUI: %s", argv[0])
             self.process = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
         except (OSError, ValueError) as error:

@@ -110,6 +110,7 @@ class ErrorResponse(_Model):
 
 class ServerError(_Model):
     statusCode: int
+    code: str | None = Field(None, description="Fastify's error code (408, 413, 415).")
     error: str
     message: str
     comfy_error: dict[str, Any] | None = Field(

@@ -14,16 +14,17 @@ import os
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
-from comfyui_sidecar.convert import convert_image
+from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected, OutputMissing
+from comfyui_sidecar.convert import ImageTooLarge, convert_image
 from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
-from comfyui_sidecar.jsonbody import Base64List, Base64Str
+from comfyui_sidecar.jsonbody import Base64List, Base64Str, b64decode_sliced
 from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import PromptRequest
@@ -33,6 +34,7 @@ from comfyui_sidecar.rewriting import (
     RewriteError,
     RewriteOptions,
     finish_directories,
+    invalid_base64,
     rewrite_prompt,
 )
 from comfyui_sidecar.settings import Settings
@@ -47,6 +49,7 @@ _SECRET_FIELDS = frozenset(
 )
 THREAD_THRESHOLD = 512 * 1024
 DISCARD_HISTORY_TIMEOUT_S = 5.0
+FINISHED_IDS_KEPT = 10_000
 
 
 class PrepareError(Exception):
@@ -168,6 +171,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+async def _decode(item: InlineFile) -> bytes:
+    """An inline input's bytes, decoded slice by slice so the event loop keeps serving other requests."""
+    try:
+        return await b64decode_sliced(item.encoded)
+    except ValueError:
+        error = invalid_base64(item.message_prefix, item.location)
+        raise PrepareError(error.message, error.location) from None
+
+
 class PromptService:
     def __init__(
         self,
@@ -187,6 +199,8 @@ class PromptService:
         )
         self.comfy_ids: dict[str, str] = {}
         self.api_ids: dict[str, str] = {}
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        """Ids of the last FINISHED_IDS_KEPT delivered prompts (a re-sent one gets a clear 409)."""
         self.running: set[str] = set()
         """Request ids from `prepare` until the prompt ends (a second prompt with one of them gets 409)."""
         self.inflight = 0
@@ -258,7 +272,8 @@ class PromptService:
         if rewritten.inline_files:
             # registered before writing, so a write that fails part way leaves no file behind
             stack.callback(self._remove_inline, rewritten.inline_files)
-            await asyncio.to_thread(self._write_inline, rewritten.inline_files)
+            decoded = [(item.relpath, await _decode(item)) for item in rewritten.inline_files]
+            await asyncio.to_thread(self._write_inline, decoded)
         try:
             resolved = await stack.enter_async_context(
                 self.fetcher.pin(rewritten.fetches, request.credentials or [])
@@ -272,13 +287,13 @@ class PromptService:
         preprocess_ms = int((time.monotonic() - started) * 1000)
         return Prepared(request, prompt, rewritten.output_nodes, started, preprocess_ms, stack)
 
-    def _write_inline(self, files: Sequence[InlineFile]) -> None:
-        for item in files:
-            path = confined(self.settings.input_dir, item.relpath)
+    def _write_inline(self, files: Sequence[tuple[str, bytes]]) -> None:
+        for relpath, data in files:
+            path = confined(self.settings.input_dir, relpath)
             if path is None:
                 raise PrepareError("inline file name escapes the input directory", "prompt")
             try:
-                write_atomic(path, item.data)
+                write_atomic(path, data)
             except OSError as error:
                 raise PrepareError(
                     f"Could not write an inline input to the input directory: {error.strerror or error}",
@@ -296,11 +311,13 @@ class PromptService:
 
     # ---- running -------------------------------------------------------------------------------------------
     async def run(self, prepared: Prepared) -> Delivered:
-        """Run a prepared prompt; return the result. Raises ComfyError/ComfyRejected/UploadError."""
+        """Run a prepared prompt; return the result.
+        Raises ComfyError, ComfyRejected, UploadError or ImageTooLarge."""
         outcome = "failed"
         try:
             result = await self._execute_and_deliver(prepared)
             outcome = "success"
+            self._remember_finished(prepared.request.id)
             return result
         except ComfyError as error:
             outcome = {504: "timeout", 502: "unreachable"}.get(error.status, "failed")
@@ -313,6 +330,12 @@ class PromptService:
             self.metrics.prompt_duration.labels(outcome=outcome).observe(time.monotonic() - prepared.started)
             self._leave(prepared.request.id)
 
+    def _remember_finished(self, request_id: str) -> None:
+        self.finished[request_id] = None
+        self.finished.move_to_end(request_id)
+        while len(self.finished) > FINISHED_IDS_KEPT:
+            self.finished.popitem(last=False)
+
     def run_in_background(self, prepared: Prepared) -> None:
         task = asyncio.get_running_loop().create_task(self._background_run(prepared))
         self._background.add(task)
@@ -322,7 +345,7 @@ class PromptService:
         request = prepared.request
         try:
             delivered = await self.run(prepared)
-        except (ComfyError, ComfyRejected, UploadError) as error:
+        except (ComfyError, ComfyRejected, UploadError, ImageTooLarge) as error:
             message = getattr(error, "message", str(error))
             log.warning("prompt %s failed: %s", request.id, message)
             self._send_failed(request, prepared.prompt, message)
@@ -352,7 +375,16 @@ class PromptService:
                 self.comfy_ids.pop(request.id, None)
                 self.api_ids.pop(comfy_id, None)
             refs = output_refs(execution.outputs, js_key_order(prepared.prompt))
-            files = await self.read_outputs(refs)
+            try:
+                files = await self.read_outputs(refs)
+            except OutputMissing as missing:
+                if request.id in self.finished:
+                    raise ComfyError(
+                        409,
+                        f"a prompt with id {request.id} already finished and its outputs were delivered; "
+                        f"{missing.message.split(': ', 1)[1]}",
+                    ) from None
+                raise
             round_trip_ms = self._elapsed_ms(prepared)
             files = await self._convert(files, request)
         except ComfyRejected:
@@ -451,7 +483,9 @@ class PromptService:
         result = []
         for file in files:
             try:
-                result.append(await asyncio.to_thread(convert_image, file, convert))
+                result.append(
+                    await asyncio.to_thread(convert_image, file, convert, self.settings.convert_max_pixels)
+                )
             except (OSError, ValueError) as error:
                 log.warning("convert_output skipped %s: %s", file.filename, error)
                 result.append(file)

@@ -7,8 +7,6 @@ to check.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Mapping
@@ -17,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from comfyui_sidecar.fetching import Fetch
+from comfyui_sidecar.jsonbody import b64decode_text
 from comfyui_sidecar.loaders import LoaderTable
 from comfyui_sidecar.media import extension_for_mime, sniff_extension
 from comfyui_sidecar.outputs import is_safe_relative
@@ -30,6 +29,10 @@ URL_SCHEMES = frozenset({"http", "https", "s3"})
 _DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*?);base64,(.*)", re.DOTALL | re.IGNORECASE)
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _ANNOTATION = re.compile(r".* \[(input|output|temp)\]")
+_WHITESPACE = re.compile(r"\s+")
+MAX_NAME_LENGTH = 4096
+"""Longer values are never taken for file names (upstream's rule too): they are base64."""
+_HEAD_CHARS = 64
 
 
 class RewriteError(Exception):
@@ -49,10 +52,23 @@ class RewriteOptions:
 
 @dataclass(frozen=True)
 class InlineFile:
-    """A file to write into the input directory before queueing: `<input dir>/<relpath>`."""
+    """A file to write into the input directory before queueing: `<input dir>/<relpath>`.
+
+    `encoded` is the base64 text, decoded only when the file is written (in slices, off the event loop's
+    critical path: `jsonbody.b64decode_sliced`); its first bytes were decoded here to learn the file type.
+    """
 
     relpath: str
-    data: bytes
+    encoded: str
+    location: str
+    message_prefix: str
+
+    def decode(self) -> bytes:
+        """The file's bytes at once (small files, tests); RewriteError for invalid base64."""
+        try:
+            return b64decode_text(self.encoded)
+        except ValueError:
+            raise invalid_base64(self.message_prefix, self.location) from None
 
 
 @dataclass(frozen=True)
@@ -160,7 +176,7 @@ def _directory(out: Rewritten, node_id: str, token: str) -> None:
         if decoded is None:  # unreachable: names are refused above when allow_name is False
             raise RewriteError(f"{prefix}: entries must be URLs or base64 data", location)
         relpath = f"{token}/{index:04d}.{decoded[1]}"
-        out.inline_files.append(InlineFile(relpath, decoded[0]))
+        out.inline_files.append(InlineFile(relpath, decoded[0], location, prefix))
         values[index] = relpath
     out.directories[node_id] = token
 
@@ -177,9 +193,9 @@ def _media(out: Rewritten, node_id: str, input_name: str, noun: str, token: str)
     if decoded is None:
         out.local_inputs.append(LocalInput(value, location, prefix))
         return
-    data, ext = decoded
+    encoded, ext = decoded
     relpath = f"{token}-{_name_token(node_id)}-{_name_token(input_name)}.{ext}"
-    out.inline_files.append(InlineFile(relpath, data))
+    out.inline_files.append(InlineFile(relpath, encoded, location, prefix))
     inputs[input_name] = relpath
 
 
@@ -187,32 +203,58 @@ def _name_token(value: str) -> str:
     return value if _SAFE_TOKEN.fullmatch(value) else hashlib.sha256(value.encode()).hexdigest()[:12]
 
 
-def _decode_inline(value: str, prefix: str, location: str, *, allow_name: bool) -> tuple[bytes, str] | None:
-    """(bytes, extension) for base64 / data: URI values; None for a local file name (when allowed)."""
+def _decode_inline(value: str, prefix: str, location: str, *, allow_name: bool) -> tuple[str, str] | None:
+    """(base64 text, extension) for base64 / data: URI values; None for a local file name (when allowed).
+
+    Base64 is recognised first, by decoding its first bytes and finding a known file type there: JPEG
+    base64 starts with "/9j/" and other base64 may hold "/" anywhere, so neither "/" nor "." makes a value a
+    file name by itself. A value is a file name only when it is no base64 media, not longer than
+    MAX_NAME_LENGTH, and holds "." or "/".
+    """
     match = _DATA_URI.fullmatch(value.strip())
     if match:
-        data = _b64decode(match.group(3), prefix, location)
-        ext = sniff_extension(data) or extension_for_mime(match.group(1))
+        encoded = match.group(3)
+        head = _head_bytes(encoded)
+        if head is None:
+            raise invalid_base64(prefix, location)
+        ext = sniff_extension(head) or extension_for_mime(match.group(1))
         if ext is None:
             raise RewriteError(f"{prefix}: unsupported media type in data: URI '{match.group(1)}'", location)
-        return data, ext
+        return encoded, ext
     if value.lower().startswith("data:"):
         raise RewriteError(f"{prefix}: only base64 data: URIs are supported", location)
     if "://" in value:
         raise RewriteError(f"{prefix}: unsupported URL scheme (use http, https or s3)", location)
-    if "." in value or value.startswith("/"):
+    head = _head_bytes(value)
+    ext = sniff_extension(head) if head else None
+    if ext is not None:
+        return value, ext
+    if len(value) <= MAX_NAME_LENGTH and ("." in value or "/" in value):
         if not allow_name:
             raise RewriteError(f"{prefix}: entries must be URLs or base64 data, not file names", location)
         _check_local_name(value, prefix, location)
         return None
-    data = _b64decode(value, prefix, location)
-    ext = sniff_extension(data)
-    if ext is None:
-        raise RewriteError(
-            f"{prefix}: Failed to parse base64 encoded file: Could not determine file type from base64 data",
-            location,
-        )
-    return data, ext
+    if head is None:
+        raise invalid_base64(prefix, location)
+    raise RewriteError(
+        f"{prefix}: Failed to parse base64 encoded file: Could not determine file type from base64 data",
+        location,
+    )
+
+
+def _head_bytes(text: str) -> bytes | None:
+    """The first bytes of base64 text (enough to recognise a file type), or None if it is no base64."""
+    head = _WHITESPACE.sub("", text[: _HEAD_CHARS * 2])[:_HEAD_CHARS]
+    if not head:
+        return None
+    try:
+        return b64decode_text(head[: len(head) - len(head) % 4] or head)
+    except ValueError:
+        return None
+
+
+def invalid_base64(prefix: str, location: str) -> RewriteError:
+    return RewriteError(f"{prefix}: Failed to parse base64 encoded file: invalid base64 data", location)
 
 
 def _check_local_name(value: str, prefix: str, location: str) -> None:
@@ -224,19 +266,3 @@ def _check_local_name(value: str, prefix: str, location: str) -> None:
         raise RewriteError(
             f"{prefix}: file names must be relative to the input directory without '..': {value}", location
         )
-
-
-def _b64decode(text: str, prefix: str, location: str) -> bytes:
-    compact = "".join(text.split())
-    if "-" in compact or "_" in compact:
-        compact = compact.replace("-", "+").replace("_", "/")
-    compact += "=" * (-len(compact) % 4)
-    try:
-        data = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        raise RewriteError(
-            f"{prefix}: Failed to parse base64 encoded file: invalid base64 data", location
-        ) from None
-    if not data:
-        raise RewriteError(f"{prefix}: Failed to parse base64 encoded file: empty data", location)
-    return data

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfyui_sidecar.cache.settings import CacheSettings
+from comfyui_sidecar.fetching import header_name, header_value
 
 
 def _under_home(name: str) -> Any:
@@ -112,7 +113,8 @@ class SidecarSettings(BaseSettings):
     sidecar_mode: Literal["attach", "supervise"] = Field(
         "attach",
         description="attach: ComfyUI runs elsewhere (another container) at COMFYUI_URL; "
-        "supervise: the sidecar starts ComfyUI with CMD and restarts it when it dies.",
+        "supervise: the sidecar starts ComfyUI with CMD and restarts it when it dies. "
+        "Default: supervise when CMD is set (as with comfyui-api), else attach.",
     )
     comfyui_url: str | None = Field(
         None,
@@ -155,6 +157,33 @@ class SidecarSettings(BaseSettings):
     restart_backoff_max_s: float = Field(
         30.0, gt=0, description="Supervise mode: cap of the restart backoff."
     )
+    convert_max_pixels: int = Field(
+        16384 * 16384,
+        ge=1,
+        description="Largest image (width x height) convert_output re-encodes, else 422; decoding takes "
+        "about 4 bytes per pixel of sidecar memory (16384x16384: ~1.1 GB).",
+    )
+    max_prompt_nodes: int = Field(
+        10_000, ge=1, description="Most nodes a prompt may have (else 400): bounds one prompt's memory."
+    )
+    max_json_values: int = Field(
+        250_000,
+        ge=1000,
+        description="Most JSON values (counted as commas and colons) a request body may hold (else 413); "
+        "keeps parsing memory within a small multiple of the body size.",
+    )
+    http_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="An idle keep-alive connection, or one whose request headers do not arrive, is closed "
+        "after this many seconds.",
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest silence while a request body arrives (then 408)."
+    )
+    body_total_timeout_s: float = Field(
+        300.0, gt=0, description="Longest time a request body may take to arrive in all (then 408)."
+    )
     extra_model_loaders: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Extra model-loader nodes as JSON: {"ClassType": {"input_name": "model_folder"}}.',
@@ -165,6 +194,18 @@ class SidecarSettings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("SYSTEM_WEBHOOK_URL must be an http:// or https:// URL")
+        return value
+
+    @field_validator("http_auth_header_name")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        return header_name(value) if value else value
+
+    @field_validator("http_auth_header_value")
+    @classmethod
+    def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            header_value(value.get_secret_value())
         return value
 
     @field_validator("system_webhook_events")
@@ -181,6 +222,13 @@ class SidecarSettings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"WARMUP_PROMPT_FILE does not exist: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _cmd_means_supervise(self) -> SidecarSettings:
+        """comfyui-api starts ComfyUI from CMD: with CMD set and SIDECAR_MODE unset, supervise."""
+        if "cmd" in self.model_fields_set and "sidecar_mode" not in self.model_fields_set:
+            self.sidecar_mode = "supervise"
+        return self
 
     @property
     def comfy_url(self) -> str:

@@ -2,8 +2,8 @@
 
 Body: {"event": "comfy.<type>", "data": <the whole websocket message>, "metadata": {...}}, with ComfyUI's
 prompt ids replaced by the API request ids while a prompt is in flight. `metadata` holds every
-SYSTEM_META_<key> environment variable as <key>. Storage events (`storage.*`) are the cache's to emit through
-`SystemEvents.emit`.
+SYSTEM_META_<key> environment variable as <key>. `storage.*` names are accepted (upstream's), but nothing
+emits them yet; the cache would do so through `SystemEvents.emit`.
 
 Events wait in one bounded queue (SYSTEM_WEBHOOK_QUEUE_MAX) and one worker delivers them in order, so a target
 that is down costs a fixed amount of memory: when the queue is full the oldest event is dropped (counted, and

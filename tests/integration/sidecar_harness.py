@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from comfyui_sidecar.app import create_app
+from comfyui_sidecar.app import create_app, make_runner
 from comfyui_sidecar.fetching import Fetcher, NoDownloads
 from comfyui_sidecar.settings import Settings
 from comfyui_standin.testing import RunningStandin, StandinDirs, run_standin
@@ -86,7 +86,7 @@ async def run_sidecar(
     # The core's tests run without the cache (NoDownloads) unless a test passes a fetcher; the cache's own
     # integration tests (tests/integration/cache) cover the real fetcher.
     app = create_app(settings, fetcher=fetcher if fetcher is not None else NoDownloads())
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    runner = make_runner(app, shutdown_timeout=2.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, HOST, 0)

@@ -6,7 +6,6 @@ ComfyUI searches through the extra_model_paths.yaml the cache writes.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from comfyui_sidecar.cache.naming import redact_url, strip_userinfo, url_basename
 from comfyui_sidecar.cache.store import ModelCache
 from comfyui_sidecar.fetching import Credential, DownloadAuth, FetchError
+from comfyui_sidecar.openapi import Operation, documented
+from comfyui_sidecar.request_body import BodyError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,45 @@ def add_download_routes(app: web.Application, cache: ModelCache) -> None:
     app.add_routes(download_routes(cache))
 
 
+_DOWNLOADED = {
+    "type": "object",
+    "properties": {
+        name: {"type": kind}
+        for name, kind in (
+            ("url", "string"),
+            ("model_type", "string"),
+            ("filename", "string"),
+            ("status", "string"),
+            ("size", "integer"),
+            ("duration", "number"),
+            ("sha256", "string"),
+        )
+    },
+}
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "location": {"type": "string"}}}
+DOWNLOAD_OPERATION = Operation(
+    "Download a model URL into the cache's model folder model_type",
+    {
+        200: (_DOWNLOADED, "downloaded (wait: true)"),
+        202: (_DOWNLOADED, "started (wait: false)"),
+        400: (_ERROR, "invalid request, JSON, URL, model_type, or the download failed"),
+        408: (_ERROR, "the body did not arrive in time"),
+        413: (_ERROR, "body too large"),
+        415: (_ERROR, "content type is not application/json, charset or Content-Encoding unsupported"),
+    },
+    request=DownloadRequest,
+)
+
+
 def download_routes(cache: ModelCache) -> list[web.RouteDef]:
     """The route table of `POST /download` (background downloads are owned, and cancelled, by the cache)."""
 
+    @documented(DOWNLOAD_OPERATION)
     async def download(request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return _error("Unsupported Media Type: send application/json", status=415)
         try:
-            raw = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error("Bad Request: body is not valid JSON", location="body")
+            raw = await read_json(request)
+        except BodyError as exc:
+            return _error(exc.message, status=exc.status, location=exc.location)
         try:
             req = DownloadRequest.model_validate(raw)
         except ValidationError as exc:

@@ -38,7 +38,7 @@ from comfyui_sidecar.cache.credentials import (
     with_query,
 )
 from comfyui_sidecar.cache.download import DownloadError, DownloadOptions, DownloadResult, HttpDownloader
-from comfyui_sidecar.cache.folders import canonical_folder, extra_model_paths_yaml, known_folders
+from comfyui_sidecar.cache.folders import canonical_folder
 from comfyui_sidecar.cache.hf import parse_hf_url, resolve_hf
 from comfyui_sidecar.cache.lru import Entry, LruIndex, NoSpaceError, Reservation
 from comfyui_sidecar.cache.metadata import (
@@ -61,7 +61,9 @@ from comfyui_sidecar.cache.naming import (
 from comfyui_sidecar.cache.settings import CacheSettings
 from comfyui_sidecar.cache.singleflight import SingleFlight
 from comfyui_sidecar.cache.ssrf import BlockedURLError, GuardedResolver, guard_from_settings
+from comfyui_sidecar.cache.upstream import adopt_upstream_files
 from comfyui_sidecar.fetching import BearerAuth, Credential, DownloadAuth, Fetch, FetchError
+from comfyui_sidecar.model_paths import configured_folders, write_model_paths
 
 if TYPE_CHECKING:
     from comfyui_sidecar.cache.manifest import Manifest
@@ -106,20 +108,6 @@ def _safe_segments(folder: str) -> list[str]:
     return parts
 
 
-def _loader_folders(settings: CacheSettings) -> list[str]:
-    """Folders named by EXTRA_MODEL_LOADERS (a setting of the sidecar core, when present)."""
-    table = getattr(settings, "extra_model_loaders", None)
-    if not isinstance(table, dict):
-        return []
-    return [
-        f
-        for inputs in table.values()
-        if isinstance(inputs, dict)
-        for f in inputs.values()
-        if isinstance(f, str)
-    ]
-
-
 class ModelCache:
     """The model and media cache. Call `start()` before use and `close()` at shutdown."""
 
@@ -131,7 +119,7 @@ class ModelCache:
         self.models_root = self.root / "models"
         self.input_dir = input_dir
         self.model_dir = model_dir
-        self.folders = known_folders([*settings.extra_model_folders, *_loader_folders(settings)])
+        self.folders = configured_folders(settings)
         self.index = LruIndex(settings.cache_budget_bytes())
         self.guard = guard_from_settings(settings.download_allow_networks)
         self._links: dict[str, set[Path]] = {}
@@ -231,6 +219,7 @@ class ModelCache:
             if stale.is_dir() and not stale.is_symlink():
                 continue
             stale.unlink(missing_ok=True)
+        adopt_upstream_files(self.root, self.blobs)
         self._rebuild_index()
         self._rebuild_links()
         for victim in self.index.over_budget():
@@ -296,11 +285,7 @@ class ModelCache:
                         path.unlink(missing_ok=True)
 
     def _write_model_paths(self) -> None:
-        target = self.settings.model_paths_file()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(extra_model_paths_yaml(self.models_root, self.folders), encoding="utf-8")
-        os.replace(tmp, target)
+        write_model_paths(self.settings, self.model_dir)
 
     # -- the Fetcher protocol ---------------------------------------------------------------------------
 

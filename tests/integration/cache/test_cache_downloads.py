@@ -316,7 +316,7 @@ async def test_extra_model_paths_yaml_lists_the_cache_roots(make_cache) -> None:
 
     cache: ModelCache = await make_cache(extra_model_folders=["ipadapter"])
     doc = yaml.safe_load(cache.settings.model_paths_file().read_text())
-    section = doc["comfyui_sidecar_cache"]
+    section = doc["cache_models"]
     assert section["base_path"] == str(cache.models_root)
     assert section["checkpoints"] == "checkpoints/"
     assert section["ipadapter"] == "ipadapter/"

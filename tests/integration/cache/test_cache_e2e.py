@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from cache_fileserver import FileServer, file_server  # noqa: F401 (fixtures)
 from comfyui_sidecar.app import build_fetcher
-from comfyui_sidecar.cache.folders import extra_model_paths_yaml, known_folders
 from comfyui_sidecar.cache.naming import url_hash
+from comfyui_sidecar.model_paths import extra_model_paths_yaml, known_folders
 from comfyui_standin.models import safetensors_bytes
 from comfyui_standin.testing import run_standin
 from PIL import Image
@@ -50,7 +50,7 @@ async def stack(tmp_path: Path, file_server: FileServer) -> AsyncIterator[Runnin
     cache_dir = tmp_path / "cache"
     paths_file = tmp_path / "extra_model_paths.yaml"
     # what the operator's ConfigMap / the cache's own writer gives ComfyUI at start
-    paths_file.write_text(extra_model_paths_yaml(cache_dir / "models", known_folders()))
+    paths_file.write_text(extra_model_paths_yaml(None, cache_dir / "models", known_folders()))
     async with run_standin(tmp_path / "comfy", extra_model_paths_configs=[paths_file]) as comfy:
         settings = sidecar_settings(
             comfy.url,

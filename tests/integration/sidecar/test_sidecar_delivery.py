@@ -211,3 +211,36 @@ async def test_system_webhooks_forward_comfy_events_with_request_ids(
     assert set(events) == {"comfy.executed", "comfy.execution_success", "comfy.progress"}
     assert all(p["data"]["data"]["prompt_id"] == "sys-1" for p in payloads)
     assert payloads[0]["metadata"] == {"cluster": "test-cluster"}
+
+
+@pytest.fixture
+async def uploading_sidecar(standin: RunningStandin) -> AsyncIterator[RunningSidecar]:
+    settings = sidecar_settings(standin.url, standin.dirs, download_allow_networks=["127.0.0.1/32"])
+    async with run_sidecar(settings) as running:
+        yield running
+
+
+async def test_http_upload_answers_with_the_upload_urls(
+    uploading_sidecar: RunningSidecar, webhooks: WebhookReceiver, http: aiohttp.ClientSession
+) -> None:
+    prefix = f"{webhooks.url}/bucket/run-1"
+    request = {"prompt": empty_image_prompt(batch=2), "id": "up-sync", "http_upload": {"url_prefix": prefix}}
+    status, body = await post(http, uploading_sidecar.url, request)
+    assert status == 200, body
+    assert body["filenames"] == ["up-sync_test_00001_.png", "up-sync_test_00002_.png"]
+    assert body["images"] == [f"{prefix}/{name}" for name in body["filenames"]]
+    assert sorted(r.path for r in webhooks.received) == [f"/bucket/run-1/{n}" for n in body["filenames"]]
+    assert all(r.body.startswith(b"\x89PNG") for r in webhooks.received)
+
+
+async def test_http_upload_with_async_true_answers_202_before_the_upload(
+    uploading_sidecar: RunningSidecar, webhooks: WebhookReceiver, http: aiohttp.ClientSession
+) -> None:
+    upload = {"url_prefix": f"{webhooks.url}/bucket", "async": True}
+    request = {"prompt": empty_image_prompt(), "id": "up-async", "http_upload": upload}
+    status, body = await post(http, uploading_sidecar.url, request)
+    assert status == 202, body
+    assert body["status"] == "ok"
+    assert "images" not in body
+    received = await webhooks.wait_for(1)
+    assert received[0].path == "/bucket/up-async_test_00001_.png"

@@ -9,7 +9,14 @@ from pathlib import Path
 import aiohttp
 from comfyui_sidecar.app import SERVICE_KEY
 from comfyui_standin.testing import run_standin
-from sidecar_harness import WebhookReceiver, empty_image_prompt, run_sidecar, sidecar_settings, wait_until
+from sidecar_harness import (
+    RunningSidecar,
+    WebhookReceiver,
+    empty_image_prompt,
+    run_sidecar,
+    sidecar_settings,
+    wait_until,
+)
 
 
 def slow_prompt(seconds: float, steps: int = 10) -> dict[str, object]:
@@ -73,3 +80,24 @@ async def test_duplicate_id_in_flight_is_refused_and_released_on_every_exit(
                 pass
             await wait_until(lambda: service.running == set(), timeout_s=5)
             assert time.monotonic() - started < 5
+
+
+async def test_a_finished_prompt_re_sent_with_its_id_gets_a_clear_409(
+    sidecar: RunningSidecar, http: aiohttp.ClientSession
+) -> None:
+    request = {"prompt": empty_image_prompt(), "id": "done-once"}
+    async with http.post(f"{sidecar.url}/prompt", json=request) as response:
+        assert response.status == 200
+    async with http.post(f"{sidecar.url}/prompt", json=request) as response:
+        body = await response.json()
+        assert response.status == 409, body
+    assert body["location"] == "id"
+    assert body["error"].startswith(
+        "a prompt with id done-once already finished and its outputs were delivered"
+    )
+    assert "send it with a new id" in body["error"]
+    changed = {"prompt": empty_image_prompt(width=16), "id": "done-once"}  # not in ComfyUI's cache: runs
+    async with http.post(f"{sidecar.url}/prompt", json=changed) as response:
+        assert response.status == 200
+    async with http.post(f"{sidecar.url}/prompt", json={**request, "id": "fresh"}) as response:
+        assert response.status == 200

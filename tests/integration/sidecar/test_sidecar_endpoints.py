@@ -171,3 +171,11 @@ async def test_metrics_expose_requests_queue_depth_and_ready(
     assert 'comfyui_api_build_info{version="1.18.0"} 1.0' in text
     assert "comfyui_api_model_cache_bytes " in text  # the cache's metrics live in the default registry
     assert "process_resident_memory_bytes " in text
+
+
+async def test_a_wrong_method_is_405_with_an_allow_header(
+    sidecar: RunningSidecar, http: aiohttp.ClientSession
+) -> None:
+    async with http.delete(f"{sidecar.url}/prompt") as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"

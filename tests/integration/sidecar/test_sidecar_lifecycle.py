@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import aiohttp
-from comfyui_sidecar.app import LIFECYCLE_KEY
+import pytest
+from comfyui_sidecar.app import LIFECYCLE_KEY, build_fetcher
+from comfyui_sidecar.settings import Settings
 from comfyui_standin.testing import RunningStandin, free_port
 from sidecar_harness import empty_image_prompt, run_sidecar, sidecar_settings, wait_until
 
@@ -222,3 +224,35 @@ async def test_supervise_with_a_command_that_cannot_start_stops_with_code_1(tmp_
         await asyncio.wait_for(sc.app[STOP_KEY].wait(), 10)
         assert sc.app[STATE_KEY].exit_code == 1
         assert not sc.app[STATE_KEY].healthy
+
+
+async def test_cmd_alone_supervises_and_comfyui_sees_the_cache_and_extra_folders(
+    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream's variable names only: CMD set means supervise, and the ComfyUI it starts (no
+    --extra-model-paths-config in CMD) finds models in the cache root and in EXTRA_MODEL_FOLDERS."""
+    port = free_port()
+    base = tmp_path / "comfy"
+    cache = tmp_path / "cache"
+    env = {
+        "CMD": f"{sys.executable} -m comfyui_standin --port {port} --base-directory {base}",
+        "COMFY_HOME": str(base),
+        "COMFYUI_PORT_HOST": str(port),
+        "CACHE_DIR": str(cache),
+        "EXTRA_MODEL_FOLDERS": "ipadapter",
+        "STARTUP_CHECK_INTERVAL_S": "0.05",
+        "STARTUP_CHECK_MAX_TRIES": "400",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SIDECAR_MODE", raising=False)
+    settings = Settings()
+    assert settings.sidecar_mode == "supervise"
+    async with run_sidecar(settings, fetcher=build_fetcher(settings), wait_ready=False) as sc:
+        await wait_until(lambda: _is(http, f"{sc.url}/ready", 200), timeout_s=30)
+        for folder, name in (("loras", "cached.safetensors"), ("ipadapter", "adapter.safetensors")):
+            (cache / "models" / folder / name).write_bytes(b"x")
+        async with http.get(f"{sc.url}/models") as response:
+            listed = await response.json()
+    assert "cached.safetensors" in listed["loras"]
+    assert listed["ipadapter"] == ["adapter.safetensors"]

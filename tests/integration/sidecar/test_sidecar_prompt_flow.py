@@ -8,6 +8,7 @@ import json
 import os
 
 import aiohttp
+import pytest
 from comfyui_standin.testing import write_png
 from PIL import Image
 from sidecar_harness import RunningSidecar, empty_image_prompt
@@ -94,6 +95,24 @@ async def test_data_uri_prefix_is_stripped_before_decoding(
     status, body = await post(http, sidecar, {"prompt": invert_prompt(uri), "id": "datauri"})
     assert status == 200, body
     assert decode(body["images"][0]).size == (8, 8)
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp")])
+@pytest.mark.parametrize("as_data_uri", [False, True], ids=["base64", "data-uri"])
+async def test_png_jpeg_and_webp_inputs_run_as_base64_and_data_uri(
+    sidecar: RunningSidecar, http: aiohttp.ClientSession, fmt: str, ext: str, as_data_uri: bool
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 6), (250, 250, 250)).save(buffer, fmt, quality=95)
+    text = base64.b64encode(buffer.getvalue()).decode()
+    value = f"data:image/{fmt.lower()};base64,{text}" if as_data_uri else text
+    request_id = f"fmt-{ext}-{int(as_data_uri)}"
+    status, body = await post(http, sidecar, {"prompt": invert_prompt(value), "id": request_id})
+    assert status == 200, body
+    assert body["prompt"]["1"]["inputs"]["image"] == f"{request_id}-1-image.{ext}"
+    image = decode(body["images"][0]).convert("RGB")
+    assert image.size == (12, 6)
+    assert max(image.getpixel((3, 3))) < 30  # white inverted: ComfyUI got the decoded picture
 
 
 async def test_file_name_in_the_input_directory_is_used_as_is(

@@ -10,10 +10,9 @@ import socket
 from pathlib import Path
 
 import pytest
-import yaml
 from aiohttp.abc import AbstractResolver, ResolveResult
 from comfyui_sidecar.cache.credentials import glob_regex, match_credential, request_auth, with_query
-from comfyui_sidecar.cache.folders import extra_model_paths_yaml, known_folders
+from comfyui_sidecar.cache.folders import known_folders
 from comfyui_sidecar.cache.hf import HfFile, parse_hf_url
 from comfyui_sidecar.cache.lru import Entry, LruIndex, NoSpaceError, footprint
 from comfyui_sidecar.cache.manifest import ManifestError, target_of
@@ -353,18 +352,6 @@ def test_known_folders_add_extras_once() -> None:
     assert known_folders(["clip", "ipadapter", "ipadapter"])[-1] == "ipadapter"
     assert "text_encoders" in known_folders()
     assert "clip" not in known_folders(["clip"])
-
-
-def test_extra_model_paths_yaml() -> None:
-    doc = yaml.safe_load(extra_model_paths_yaml(Path("/cache/models"), ["checkpoints", "loras"]))
-    assert doc == {
-        "comfyui_sidecar_cache": {
-            "base_path": "/cache/models",
-            "is_default": False,
-            "checkpoints": "checkpoints/",
-            "loras": "loras/",
-        }
-    }
 
 
 def test_manifest_local_path() -> None:

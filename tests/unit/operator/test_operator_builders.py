@@ -10,7 +10,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from comfyui_operator import api, builders
+from comfyui_sidecar.model_paths import model_paths_text
+from comfyui_sidecar.settings import Settings
 from operator_testlib import (
     EXAMPLES,
     GOLDEN,
@@ -75,9 +78,7 @@ def test_comfyui_listens_on_loopback_and_operator_flags_win() -> None:
     assert args[0] == "--normalvram"
     assert args[args.index("--listen") + 1] == "127.0.0.1"
     assert args[args.index("--port") + 1] == "8188"
-    assert (
-        args[args.index("--extra-model-paths-config") + 1] == "/etc/comfyui-operator/extra_model_paths.yaml"
-    )
+    assert args[args.index("--extra-model-paths-config") + 1] == "/cache/extra_model_paths.yaml"
     assert "ports" not in _container(_deployment(doc), "comfyui")
 
 
@@ -214,17 +215,23 @@ def test_inline_warmup_goes_into_config_map_and_rolls_pods() -> None:
     assert hash_a == _deployment(first)["spec"]["template"]["metadata"]["annotations"][annotation]
 
 
-def test_extra_model_paths_lists_shared_then_cache_roots() -> None:
-    text = builders.extra_model_paths(spec_of(_minimal(models={"claimName": "m"})))
-    import yaml
-
-    roots = yaml.safe_load(text)
-    assert list(roots) == ["shared_models", "cache_models"]
-    assert roots["shared_models"]["base_path"] == "/models"
-    assert roots["cache_models"]["base_path"] == "/cache/models"
-    assert roots["cache_models"]["checkpoints"] == "checkpoints/"
-    without = yaml.safe_load(builders.extra_model_paths(spec_of(_minimal())))
-    assert list(without) == ["cache_models"]
+def test_comfyui_reads_the_model_paths_the_sidecar_writes() -> None:
+    """One owner: the sidecar (its own settings, so folders from spec.sidecar.env count) writes the file that
+    ComfyUI is pointed at; the ConfigMap holds no copy and the operator sets no headroom of its own."""
+    doc = _minimal(
+        models={"claimName": "m"}, sidecar={"env": [{"name": "EXTRA_MODEL_FOLDERS", "value": "ipadapter"}]}
+    )
+    sidecar = _container(_deployment(doc), "sidecar")
+    env = {e["name"]: e["value"] for e in sidecar["env"] if "value" in e}
+    settings = Settings(**{name.lower(): value for name, value in env.items()})
+    args = _container(_deployment(doc), "comfyui")["args"]
+    assert str(settings.model_paths_file()) == args[args.index("--extra-model-paths-config") + 1]
+    assert {"mountPath": "/cache", "name": "cache", "readOnly": False} in sidecar["volumeMounts"]
+    roots = yaml.safe_load(model_paths_text(settings, settings.model_dir))
+    assert [roots[name]["base_path"] for name in roots] == ["/models", "/cache/models"]
+    assert roots["cache_models"]["ipadapter"] == "ipadapter/"
+    assert "extra_model_paths.yaml" not in builders.build_config_map(instance_of(doc), spec_of(doc))["data"]
+    assert "CACHE_HEADROOM_FRACTION" not in env  # the sidecar's default is the one value
 
 
 def test_pdb_only_with_more_than_one_replica() -> None:

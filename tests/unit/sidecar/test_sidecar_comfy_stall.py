@@ -178,3 +178,17 @@ async def test_interrupt_on_a_stalled_comfyui_answers_failed(
     async with aiohttp.ClientSession() as session:
         client = _client(stalled_url, session)
         assert not await asyncio.wait_for(client.cancel("p1"), 5)
+
+
+async def test_models_and_view_give_up_on_a_silent_comfyui(
+    stalled_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(comfy_client, "CONTROL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(comfy_client, "VIEW_READ_TIMEOUT_S", 0.2)
+    async with aiohttp.ClientSession() as session:
+        client = _client(stalled_url, session)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.models(), 5)
+        with pytest.raises(ComfyError) as caught:
+            await asyncio.wait_for(client.view(OutputRef("9", "a.png", "", "output")), 5)
+        assert caught.value.status == 502

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from comfyui_sidecar.convert import convert_image
+from comfyui_sidecar.convert import ImageTooLarge, convert_image
 from comfyui_sidecar.media import sniff_extension
 from comfyui_sidecar.models import ConvertOutput, JpegOptions, PromptRequest, WebpOptions
-from comfyui_sidecar.openapi import build_openapi
 from comfyui_sidecar.outputs import OutputFile, OutputRef, is_safe_relative, output_refs
 from comfyui_sidecar.prompt_flow import echo, is_async, js_key_order
+from comfyui_sidecar.settings import Settings
 from PIL import Image
 from pydantic import ValidationError
 
@@ -50,6 +50,9 @@ def test_safe_relative(path: str, safe: bool) -> None:
     assert is_safe_relative(path) is safe
 
 
+LIMIT = 16384 * 16384
+
+
 def _png(mode: str = "RGBA") -> OutputFile:
     buffer = io.BytesIO()
     Image.new(mode, (8, 8), (1, 2, 3, 128) if mode == "RGBA" else (1, 2, 3)).save(buffer, "PNG")
@@ -57,9 +60,9 @@ def _png(mode: str = "RGBA") -> OutputFile:
 
 
 def test_convert_to_jpeg_honours_quality_and_progressive() -> None:
-    low = convert_image(_png(), ConvertOutput(format="jpg", options=JpegOptions(quality=5)))
+    low = convert_image(_png(), ConvertOutput(format="jpg", options=JpegOptions(quality=5)), LIMIT)
     high = convert_image(
-        _png(), ConvertOutput(format="jpg", options=JpegOptions(quality=100, progressive=True))
+        _png(), ConvertOutput(format="jpg", options=JpegOptions(quality=100, progressive=True)), LIMIT
     )
     assert low.filename == "x_00001_.jpg"
     assert low.content_type == "image/jpeg"
@@ -71,7 +74,9 @@ def test_convert_to_jpeg_honours_quality_and_progressive() -> None:
 
 def test_convert_to_webp_lossless_keeps_pixels() -> None:
     source = _png("RGB")
-    out = convert_image(source, ConvertOutput(format="webp", options=WebpOptions(lossless=True, effort=6)))
+    out = convert_image(
+        source, ConvertOutput(format="webp", options=WebpOptions(lossless=True, effort=6)), LIMIT
+    )
     with Image.open(io.BytesIO(out.data)) as image, Image.open(io.BytesIO(source.data)) as original:
         assert image.format == "WEBP"
         assert image.convert("RGB").tobytes() == original.convert("RGB").tobytes()
@@ -80,8 +85,26 @@ def test_convert_to_webp_lossless_keeps_pixels() -> None:
 def test_convert_refuses_non_images() -> None:
     with pytest.raises(OSError):
         convert_image(
-            OutputFile("v.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4"), ConvertOutput(format="webp")
+            OutputFile("v.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4"), ConvertOutput(format="webp"), LIMIT
         )
+
+
+def test_images_over_pillows_bomb_limit_meet_the_sidecars_limit_instead() -> None:
+    """A 13400x13400 output (179.6 MP, over Pillow's ~179 MP guard) reaches the sidecar's own check."""
+    buffer = io.BytesIO()
+    Image.new("1", (13400, 13400)).save(buffer, "PNG", compress_level=1)
+    big = OutputFile("big_00001_.png", buffer.getvalue(), "image/png")
+    assert Image.MAX_IMAGE_PIXELS is None
+    with pytest.raises(ImageTooLarge) as caught:
+        convert_image(big, ConvertOutput(format="jpg"), 13400 * 13400 - 1)
+    assert "13400x13400 = 179560000 pixels, more than CONVERT_MAX_PIXELS (179559999)" in str(caught.value)
+    assert Settings.model_fields["convert_max_pixels"].default == 16384 * 16384
+
+
+def test_an_image_at_the_limit_converts() -> None:
+    assert convert_image(_png(), ConvertOutput(format="webp"), 64).filename == "x_00001_.webp"
+    with pytest.raises(ImageTooLarge):
+        convert_image(_png(), ConvertOutput(format="webp"), 63)
 
 
 def test_options_are_read_by_format() -> None:
@@ -121,13 +144,3 @@ def test_sniffing_recognises_common_media() -> None:
     assert sniff_extension(b"RIFF\x00\x00\x00\x00WAVEfmt ") == "wav"
     assert sniff_extension(b"\x00\x00\x00\x18ftypisom") == "mp4"
     assert sniff_extension(b"hello") is None
-
-
-def test_openapi_document_is_built_from_the_models() -> None:
-    document = build_openapi(3000)
-    schemas = document["components"]["schemas"]
-    assert {"PromptRequest", "PromptResponse", "ErrorResponse", "WebpOptions"} <= set(schemas)
-    assert document["paths"]["/prompt"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/PromptRequest"
-    }
-    assert "#/$defs" not in json.dumps(document)

@@ -66,21 +66,21 @@ def test_base64_image_becomes_an_inline_file() -> None:
     }
     result = rewrite_prompt(prompt, "req", OPTIONS)
     assert result.prompt["1"]["inputs"]["image"] == "req-1-image.png"
-    assert [(f.relpath, f.data) for f in result.inline_files] == [("req-1-image.png", data)]
+    assert [(f.relpath, f.decode()) for f in result.inline_files] == [("req-1-image.png", data)]
 
 
 def test_data_uri_is_decoded_without_its_prefix() -> None:
     data = png()
     uri = "data:image/png;base64," + base64.b64encode(data).decode()
     prompt = {"1": {"class_type": "AnyClass", "inputs": {"image": uri}}, "2": save()}
-    assert rewrite_prompt(prompt, "r", OPTIONS).inline_files[0].data == data
+    assert rewrite_prompt(prompt, "r", OPTIONS).inline_files[0].decode() == data
 
 
 def test_unpadded_urlsafe_base64_is_accepted() -> None:
     data = png() + b"\xfb\xff"
     text = base64.urlsafe_b64encode(data).decode().rstrip("=")
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": text}}, "2": save()}
-    assert rewrite_prompt(prompt, "r", OPTIONS).inline_files[0].data == data
+    assert rewrite_prompt(prompt, "r", OPTIONS).inline_files[0].decode() == data
 
 
 @pytest.mark.parametrize(
@@ -168,3 +168,47 @@ def test_safe_token_keeps_simple_ids_and_hashes_others() -> None:
     assert odd.startswith("req-")
     assert len(odd) == 20
     assert safe_token("id with spaces") == odd
+
+
+def image_bytes(fmt: str, size: tuple[int, int] = (16, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+FORMATS = [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp")]
+
+
+@pytest.mark.parametrize(("fmt", "ext"), FORMATS)
+@pytest.mark.parametrize("as_data_uri", [False, True])
+def test_every_image_format_is_accepted_as_base64_and_data_uri(fmt: str, ext: str, as_data_uri: bool) -> None:
+    data = image_bytes(fmt)
+    text = base64.b64encode(data).decode()
+    if fmt == "JPEG":
+        assert text.startswith("/9j/")  # what made JPEG look like an absolute file name
+    value = f"data:image/{fmt.lower()};base64,{text}" if as_data_uri else text
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": value}}, "2": save()}
+    result = rewrite_prompt(prompt, "req", OPTIONS)
+    assert result.prompt["1"]["inputs"]["image"] == f"req-1-image.{ext}"
+    assert [(f.relpath, f.decode()) for f in result.inline_files] == [(f"req-1-image.{ext}", data)]
+    assert result.local_inputs == []
+
+
+def test_a_list_of_images_of_every_format_fills_the_request_folder() -> None:
+    images = [image_bytes(fmt) for fmt, _ in FORMATS]
+    entries = ["data:image/png;base64," + base64.b64encode(images[0]).decode()]
+    entries.append(base64.b64encode(images[1]).decode())
+    entries.append(base64.urlsafe_b64encode(images[2]).decode().rstrip("="))
+    prompt = {"1": {"class_type": "VHS_LoadImages", "inputs": {"directory": entries}}, "9": save()}
+    result = rewrite_prompt(prompt, "req-8", OPTIONS)
+    assert [f.relpath for f in result.inline_files] == ["req-8/0000.png", "req-8/0001.jpg", "req-8/0002.webp"]
+    assert [f.decode() for f in result.inline_files] == images
+
+
+def test_long_slash_leading_base64_of_an_unknown_type_is_not_taken_for_a_file_name() -> None:
+    value = base64.b64encode(b"\xfc" + bytes(5000)).decode()
+    assert value.startswith("/")
+    prompt = {"7": {"class_type": "LoadImage", "inputs": {"image": value}}, "2": save()}
+    with pytest.raises(RewriteError) as caught:
+        rewrite_prompt(prompt, "x", OPTIONS)
+    assert "Could not determine file type" in caught.value.message

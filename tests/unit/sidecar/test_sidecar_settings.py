@@ -94,3 +94,18 @@ def test_system_webhook_settings_are_checked(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("SYSTEM_WEBHOOK_URL", "ftp://x")
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("HTTP_AUTH_HEADER_NAME", "X-A\r\nB: c"), ("HTTP_AUTH_HEADER_VALUE", "v\nw")]
+)
+def test_cr_lf_in_the_auth_header_settings_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("HTTP_AUTH_HEADER_NAME", "X-Auth")
+    monkeypatch.setenv("HTTP_AUTH_HEADER_VALUE", "secret")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "CR" in str(caught.value)
+    assert "secret" not in str(caught.value)

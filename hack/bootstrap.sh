@@ -10,8 +10,9 @@ BASE_PYTHON=${BASE_PYTHON:-python3}
 
 log() { printf '[bootstrap %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-APT_PACKAGES=(curl ca-certificates jq python3-venv)
-# Images and the e2e tier: debootstrap builds a local base image when no registry is reachable; Debian's
+APT_PACKAGES=(curl ca-certificates jq python3-venv gcc libc6-dev)
+# gcc and libc6-dev: the kind node image's pause binary (hack/kind-node-image.sh). Images and the e2e tier:
+# debootstrap builds a local base image when no registry is reachable; Debian's
 # Docker engine only where no Docker is installed (a runner's docker-ce conflicts with docker.io).
 APT_PACKAGES+=(debootstrap)
 command -v dockerd >/dev/null || APT_PACKAGES+=(docker.io containerd iptables)

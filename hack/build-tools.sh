@@ -28,6 +28,41 @@ export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 
 log() { printf '[build-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { printf 'hack/build-tools.sh: %s\n' "$*" >&2; exit 1; }
+
+# Go: the machine's own if it is new enough, else the toolchain the Go module proxy serves (the same zip the go
+# command fetches for GOTOOLCHAIN=...), checked against the checksum database's h1 hash, cached by version.
+GO_MIN_MINOR=26
+GO_TOOLCHAIN="${GO_TOOLCHAIN:-go1.26.8}"
+go_is_new_enough() {
+  local v
+  v=$(go env GOVERSION 2>/dev/null) || return 1
+  [[ "$v" =~ ^go1\.([0-9]+) ]] && (( BASH_REMATCH[1] >= GO_MIN_MINOR ))
+}
+ensure_go() {
+  if go_is_new_enough; then return; fi
+  local arch dir proxy module zip expected
+  arch=$(uname -m); case "$arch" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
+  dir="$TOOLS_CACHE/$GO_TOOLCHAIN.linux-$arch"
+  if [[ ! -x "$dir/bin/go" ]]; then
+    proxy=$(go env GOPROXY 2>/dev/null || echo "${GOPROXY:-https://proxy.golang.org}")
+    proxy=${proxy%%,*}; [[ "$proxy" == direct || "$proxy" == off ]] && proxy=https://proxy.golang.org
+    module="golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$arch"
+    log "no Go >= 1.$GO_MIN_MINOR here: fetching $module from $proxy"
+    mkdir -p "$TOOLS_CACHE"
+    zip=$(mktemp "$TOOLS_CACHE/.go-toolchain.XXXXXX")
+    curl -fsSL --retry 3 -o "$zip" "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-$arch.zip" \
+      || { rm -f "$zip"; die "can not download the Go toolchain from $proxy"; }
+    expected=$(curl -fsSL --retry 3 "$proxy/sumdb/sum.golang.org/lookup/$module" | awk 'NR==2 {print $3}') \
+      || { rm -f "$zip"; die "can not read the Go toolchain's checksum from $proxy"; }
+    python3 "$(dirname "$0")/go-toolchain-unpack.py" "$zip" "$expected" "$dir" \
+      || { rm -f "$zip"; die "the Go toolchain zip does not match its checksum ($expected)"; }
+    rm -f "$zip"
+  fi
+  export PATH="$dir/bin:$PATH"
+  go_is_new_enough || die "the Go toolchain in $dir does not run"
+  log "Go: $(go version)"
+}
 
 dir_for() { echo "$TOOLS_CACHE/$1-$2"; }
 
@@ -45,7 +80,8 @@ run_once() {
   if [[ -f "$final/.complete" ]]; then log "$name $version: built by another process"; return 0; fi
   rm -rf "$TOOLS_CACHE/.$name-$version".??????   # leftovers of an interrupted build (we hold the lock)
   tmp=$(mktemp -d "$TOOLS_CACHE/.$name-$version.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT
+  # shellcheck disable=SC2064 - expanded now: $tmp is local and gone when the trap runs
+  trap "rm -rf '$tmp'" EXIT
   log "$name $version: building into $final"
   local start=$SECONDS
   (cd "$tmp" && "$func" "$version" "$tmp/bin")
@@ -148,7 +184,11 @@ build_local_path() {
 }
 
 print_env() {
-  local k e kw h
+  local k e kw h arch
+  arch=$(uname -m); case "$arch" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
+  if ! go_is_new_enough && [[ -x "$TOOLS_CACHE/$GO_TOOLCHAIN.linux-$arch/bin/go" ]]; then
+    echo "export PATH=\"$TOOLS_CACHE/$GO_TOOLCHAIN.linux-$arch/bin:\$PATH\""
+  fi
   k=$(dir_for kubernetes "$K8S_KEY")/bin; e=$(dir_for etcd "$ETCD_VERSION")/bin
   kw=$(dir_for kwok "$KWOK_VERSION")/bin; h=$(dir_for helm "$HELM_VERSION+$HELM_STAMP")/bin
   cat <<ENV
@@ -178,6 +218,7 @@ ENV
 
 main() {
   if [[ "${1:-}" == "--print-env" ]]; then print_env; return; fi
+  ensure_go
   local targets=("$@")
   [[ ${#targets[@]} -gt 0 ]] || targets=(helm kwok etcd k8s)
   for t in "${targets[@]}"; do

@@ -23,13 +23,10 @@ from typing import Any
 
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected, OutputMissing
 from comfyui_sidecar.convert import ImageTooLarge, convert_image
-from comfyui_sidecar.egress.policy import EgressRefused
-from comfyui_sidecar.egress.urls import InvalidUrl
 from comfyui_sidecar.fetching import (
     Credential,
     Fetcher,
     FetchError,
-    S3Auth,
     apply_fetched,
     describe_failure,
 )
@@ -47,8 +44,8 @@ from comfyui_sidecar.rewriting import (
     rewrite_prompt,
 )
 from comfyui_sidecar.settings import Settings
-from comfyui_sidecar.sources.s3_client import pod_configured
-from comfyui_sidecar.uploads import Uploader, UploadError, UploadTargets
+from comfyui_sidecar.targets import TargetRefused, check_targets, upload_targets
+from comfyui_sidecar.uploads import Uploader, UploadError
 from comfyui_sidecar.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -161,14 +158,6 @@ def is_async(request: PromptRequest) -> bool:
     return bool(upload and upload.async_)
 
 
-def s3_enabled(request: PromptRequest) -> bool:
-    return pod_configured() or any(isinstance(c.auth, S3Auth) for c in request.credentials or ())
-
-
-def upload_targets(request: PromptRequest) -> UploadTargets:
-    return UploadTargets(request.s3, request.hf_upload, request.http_upload, request.credentials or ())
-
-
 def confined(root: Path, relpath: str) -> Path | None:
     """`root/relpath` when it stays inside root after resolving symlinks, else None."""
     if not is_safe_relative(relpath):
@@ -271,25 +260,10 @@ class PromptService:
         return prepared
 
     async def _check_targets(self, request: PromptRequest) -> None:
-        """Webhook and upload targets are checked by the egress policy before anything runs (or is sent): a
-        refused target is a 400 and no webhook goes to it. An `s3` block is dropped, as upstream drops it,
-        when S3 is set up neither for the pod nor by an s3 credential of the request."""
-        if request.s3 is not None and not s3_enabled(request):
-            request.s3 = None
-        for name in ("webhook", "webhook_v2"):
-            url = getattr(request, name)
-            if url is None:
-                continue
-            try:
-                await self.webhooks.check_target(url)
-            except (InvalidUrl, EgressRefused) as error:
-                raise PrepareError(f"Bad Request: {name}: {error.message}", name) from None
-        targets = upload_targets(request)
-        if targets.chosen is not None and not request.webhook:
-            try:
-                await self._uploader().check(targets)
-            except UploadError as error:
-                raise PrepareError(f"Bad Request: {error.message}", error.location) from None
+        try:
+            await check_targets(request, self.webhooks, self.uploader)
+        except TargetRefused as error:
+            raise PrepareError(error.message, error.location) from None
 
     def _uploader(self) -> Uploader:
         if self.uploader is None:

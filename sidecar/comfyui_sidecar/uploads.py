@@ -17,7 +17,6 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from botocore.exceptions import BotoCoreError, ClientError
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -201,7 +200,7 @@ class Uploader:
                     await self._s3_put(client, upload.bucket, key, file.data, content_type_of(url))
             except S3Failure as exc:
                 raise UploadError(f"s3 upload of {file.filename} failed: {exc.message}") from None
-            except (ClientError, BotoCoreError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+            except Exception as exc:  # every failure of the AWS client is a clear error, never a 500
                 failure = explain(exc, url)
                 raise UploadError(f"s3 upload of {file.filename} failed: {failure.message}") from None
         return urls

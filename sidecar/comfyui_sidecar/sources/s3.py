@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-import aiohttp
-from botocore.exceptions import BotoCoreError, ClientError
-
 from comfyui_sidecar.egress.client import EgressError, iter_body
 from comfyui_sidecar.egress.urls import Url
 from comfyui_sidecar.fetching import Credential, DownloadAuth, S3Auth
@@ -58,7 +55,7 @@ class S3Source:
         try:
             async with self.clients.client(auth if isinstance(auth, S3Auth) else None) as client:
                 answer = await client.head_object(Bucket=ref.bucket, Key=ref.object_key)
-        except (ClientError, BotoCoreError, S3Failure, OSError) as exc:
+        except Exception as exc:  # the AWS client raises many kinds (ResponseParserError is no BotoCoreError)
             failed = exc if isinstance(exc, S3Failure) else explain(exc, ref.url.redacted)
             raise SourceError(f"Authentication failed: {failed.message}") from None
         return int(answer.get("ContentLength", 0))
@@ -75,7 +72,7 @@ class S3Source:
                     return await self._get(client, ref, sink, options)
             except SourceError:
                 raise
-            except (ClientError, BotoCoreError, S3Failure, OSError, aiohttp.ClientError, TimeoutError) as exc:
+            except Exception as exc:  # every failure of the AWS client is a clear error, never a 500
                 raise _failure(exc, ref) from None
 
         size = await with_retries(ref.url.redacted, attempt, options, lambda: sink.size)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
@@ -68,9 +69,8 @@ def explain(error: BaseException, what: str) -> S3Failure:
         )
     if isinstance(error, NoRegionError):
         return S3Failure(f"no S3 region for {what}: set AWS_REGION or the credential's region")
-    if isinstance(error, BotoCoreError):
-        return S3Failure(f"S3 request for {what} failed: {type(error).__name__}", retryable=True)
-    return S3Failure(f"S3 request for {what} failed: {type(error).__name__}", retryable=True)
+    transient = isinstance(error, (BotoCoreError, aiohttp.ClientError, TimeoutError, ConnectionError))
+    return S3Failure(f"S3 request for {what} failed: {type(error).__name__}", retryable=transient)
 
 
 def pod_configured() -> bool:

@@ -17,6 +17,8 @@ import pytest
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 BUCKET = "comfy"
+ROLE = "sidecar-role"
+ROLE_ARN = f"arn:aws:iam::123456789012:role/{ROLE}"
 # requests moto answers before it checks credentials: the three IAM calls that create the test's key
 SETUP_REQUESTS = 3
 
@@ -93,10 +95,25 @@ def s3_server() -> Iterator[S3Server]:
         )
         iam.create_user(UserName="sidecar")
         key = iam.create_access_key(UserName="sidecar")["AccessKey"]
-        policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}'
-        iam.put_user_policy(UserName="sidecar", PolicyName="s3", PolicyDocument=policy)
+        policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
+        iam.put_user_policy(UserName="sidecar", PolicyName="all", PolicyDocument=policy)
         server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
         server.client().create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
+        # a role for IRSA-style web identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), allowed S3
+        admin = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id=server.access_key,
+            aws_secret_access_key=server.secret_key,
+        )
+        trust = (
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"oidc"},'
+            '"Action":"sts:AssumeRoleWithWebIdentity"}]}'
+        )
+        admin.create_role(RoleName=ROLE, AssumeRolePolicyDocument=trust)
+        s3_only = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}'
+        admin.put_role_policy(RoleName=ROLE, PolicyName="s3", PolicyDocument=s3_only)
         yield server
     finally:
         process.terminate()

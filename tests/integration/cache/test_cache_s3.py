@@ -27,7 +27,7 @@ from comfyui_standin.models import safetensors_bytes
 from comfyui_standin.testing import run_standin
 from PIL import Image
 from prometheus_client import REGISTRY
-from s3_server import BUCKET, REGION, S3Server, s3_server  # noqa: F401 (fixture)
+from s3_server import BUCKET, REGION, ROLE_ARN, S3Server, s3_server  # noqa: F401 (fixture)
 from sidecar_harness import RunningSidecar, run_sidecar, sidecar_settings
 
 MIB = 1 << 20
@@ -148,6 +148,32 @@ async def test_pod_credentials_from_the_environment(
     assert status == 200, body
     (url,) = body["images"]
     assert url.startswith(f"s3://{BUCKET}/env-")
+
+
+async def test_a_failing_pod_credential_chain_is_a_clear_error_not_a_500(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IRSA-style settings whose token file is missing: botocore's chain fails; the caller gets a 400 that
+    says so (before, an exception the S3 code did not expect escaped as a 500)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE_ARN)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "no-token"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    async with run_standin(tmp_path / "comfy") as comfy:
+        settings = sidecar_settings(comfy.url, comfy.dirs, cache_dir=tmp_path / "cache")
+        async with run_sidecar(settings, fetcher=build_fetcher(settings)) as sidecar:
+            prompt = {
+                "1": {"class_type": "LoadImage", "inputs": {"image": f"s3://{BUCKET}/in/irsa.png"}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "irsa"}},
+            }
+            status, body = await post(sidecar, {"prompt": prompt})
+    assert status == 400, body
+    assert body["error"].startswith("Failed to download image for node 1: Error downloading file: ")
+    assert "s3://comfy/in/irsa.png" in body["error"]
 
 
 async def test_upload_errors_are_reported_and_the_multipart_upload_aborted(s3_server: S3Server) -> None:

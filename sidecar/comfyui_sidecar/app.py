@@ -102,12 +102,14 @@ def build_egress(settings: Settings) -> Egress:
 
 
 def build_fetcher(settings: Settings, egress: Egress | None = None) -> Fetcher:
-    """The fetcher for URL inputs and models: the model and media cache (docs/cache.md)."""
+    """The fetcher for URL inputs and models: the model and media cache (docs/cache.md). Without `egress` (the
+    app's), the cache gets one of its own and closes it."""
     return ModelCache(
         settings,
         input_dir=settings.input_dir,
         model_dir=settings.model_dir,
         egress=egress or build_egress(settings),
+        close_egress=egress is None,
     )
 
 

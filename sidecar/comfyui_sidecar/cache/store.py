@@ -59,7 +59,7 @@ def _unlink_all(paths: Sequence[Path]) -> None:
 
 class ModelCache:
     """The model and media cache. Call `start()` before use and `close()` at shutdown. Without an `egress`,
-    the cache makes (and closes) its own."""
+    the cache makes its own; it closes the egress it made, or the one given with `close_egress=True`."""
 
     def __init__(
         self,
@@ -68,6 +68,7 @@ class ModelCache:
         input_dir: Path,
         model_dir: Path | None = None,
         egress: Egress | None = None,
+        close_egress: bool | None = None,
     ) -> None:
         self.settings = settings
         self.root = settings.cache_dir
@@ -79,7 +80,7 @@ class ModelCache:
             write_model_paths=functools.partial(write_model_paths, settings, model_dir),
         )
         self.index = LruIndex(settings.cache_budget_bytes())
-        self._own_egress = egress is None
+        self._own_egress = egress is None if close_egress is None else close_egress
         self.egress = egress or Egress(settings)
         self.s3 = S3Clients(
             self.egress.download,

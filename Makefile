@@ -14,10 +14,11 @@ help: ## list the targets
 bootstrap: ## install everything the tests need (apt, pip, Go-built tools; cached)
 	hack/bootstrap.sh
 
-lint: ## ruff check, ruff format --check, mypy --strict
+lint: ## ruff check, ruff format --check, mypy --strict, lint-imports (the sidecar's layers)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	$(VENV)/bin/lint-imports
 
 test-unit: ## pure logic: builders, rewriting, schemas
 	$(PYTEST) tests/unit

@@ -1,12 +1,14 @@
 """Download throughput of the sidecar cache vs curl, and the latency a cache hit adds to a prompt.
 
-    python3 bench/download.py [--size-mib 1024] [--rounds 3] [--dir /var/tmp/bench-download]
+    python3 bench/download.py [--size-mib 1024] [--rounds 5] [--rate-mib 0] [--dir /var/tmp/bench-download]
 
-A 1 GiB file is served from a loopback aiohttp server (its own process, sendfile). Each round, interleaved and
-alternating the order: `curl -o <dir>/curl.out` and the sidecar's `POST /download` (wait: true; sha256
-computed while streaming; temp file + rename; the route runs in its own process with the real `ModelCache`
-and `add_download_routes`). Both write to the same directory tree (the same disk). Then the latency a cache
-hit adds: `ModelCache.pin()` of an already cached URL, in process, p50/p99 over many iterations.
+A 1 GiB file is served from a loopback aiohttp server (its own process; sendfile, or paced at --rate-mib MiB/s
+to stand for a network link). Each round, interleaved and alternating the order: `curl -o <dir>/curl.out`
+and the sidecar's `POST /download` (wait: true; sha256 computed while streaming; temp file + rename; the route
+runs in its own process with the real `ModelCache` and `add_download_routes`). Both write to the same
+directory tree (the same disk). Then the latency a cache hit adds: `ModelCache.pin()` of an already cached
+URL, in process, p50/p99 over many iterations. The load average is printed with the figures: other work on
+the same cores moves them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -24,14 +27,15 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from comfyui_sidecar.cache import CacheSettings, ModelCache
+from comfyui_sidecar.cache.routes import add_download_routes
+from comfyui_sidecar.fetching import Fetch
 
 HOST = "127.0.0.1"
 ME = str(Path(__file__).resolve())
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
@@ -40,10 +44,25 @@ def free_port() -> int:
 # -- child processes ----------------------------------------------------------------------------------------
 
 
-def serve_files(root: Path, port: int) -> None:
+def serve_files(root: Path, port: int, rate_mib: float) -> None:
     async def handle(request: web.Request) -> web.StreamResponse:
         path = root / request.match_info["name"]
-        return web.FileResponse(path, chunk_size=1 << 20)
+        if not rate_mib:
+            return web.FileResponse(path, chunk_size=1 << 20)
+        response = web.StreamResponse()
+        response.content_length = path.stat().st_size
+        await response.prepare(request)
+        start = time.monotonic()
+        sent = 0
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                await response.write(chunk)
+                sent += len(chunk)
+                ahead = sent / (rate_mib * (1 << 20)) - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await response.write_eof()
+        return response
 
     app = web.Application()
     app.router.add_get("/{name}", handle)
@@ -51,9 +70,6 @@ def serve_files(root: Path, port: int) -> None:
 
 
 def serve_sidecar(cache_dir: Path, port: int, budget_gib: float) -> None:
-    from comfyui_sidecar.cache import CacheSettings, ModelCache
-    from comfyui_sidecar.cache.routes import add_download_routes
-
     settings = CacheSettings(
         cache_dir=cache_dir, download_allow_networks=["127.0.0.1/32"], lru_cache_size_gb=budget_gib
     )
@@ -107,9 +123,6 @@ async def run_sidecar_download(http: aiohttp.ClientSession, sidecar: str, url: s
 
 
 async def hit_latency(files_base: str, work: Path, iterations: int) -> list[float]:
-    from comfyui_sidecar.cache import CacheSettings, ModelCache
-    from comfyui_sidecar.fetching import Fetch
-
     settings = CacheSettings(cache_dir=work / "hit-cache", download_allow_networks=["127.0.0.1/32"])
     cache = ModelCache(settings, input_dir=work / "hit-input")
     await cache.start()
@@ -135,10 +148,12 @@ async def hit_latency(files_base: str, work: Path, iterations: int) -> list[floa
 
 
 def spawn_servers(
-    work: Path, files_port: int, sidecar_port: int, budget_gib: float
+    work: Path, files_port: int, sidecar_port: int, budget_gib: float, rate_mib: float
 ) -> list[subprocess.Popen[bytes]]:
     return [
-        subprocess.Popen([sys.executable, ME, "--serve-files", str(work / "files"), str(files_port)]),
+        subprocess.Popen(
+            [sys.executable, ME, "--serve-files", str(work / "files"), str(files_port), str(rate_mib)]
+        ),
         subprocess.Popen(
             [sys.executable, ME, "--serve-sidecar", str(work / "cache"), str(sidecar_port), str(budget_gib)]
         ),
@@ -155,7 +170,8 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rate-mib", type=float, default=0.0, help="pace the server (0: unpaced)")
     parser.add_argument("--hit-iterations", type=int, default=2000)
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/bench-download"))
     args = parser.parse_args()
@@ -173,7 +189,8 @@ async def main() -> None:
     os.sync()  # the source file's own writeback must not land inside the timed rounds
     files_port, sidecar_port = free_port(), free_port()
     budget_gib = args.size_mib * 1.3 / 1024  # room for one copy: every round evicts the previous one
-    children = spawn_servers(work, files_port, sidecar_port, budget_gib)
+    children = spawn_servers(work, files_port, sidecar_port, budget_gib, args.rate_mib)
+    load_before = os.getloadavg()[0]
     try:
         await wait_port(files_port)
         await wait_port(sidecar_port)
@@ -212,6 +229,8 @@ async def main() -> None:
     result = {
         "size_mib": args.size_mib,
         "rounds": args.rounds,
+        "rate_mib": args.rate_mib or "unpaced",
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "curl_mib_s_median": round(curl_rate),
         "sidecar_mib_s_median": round(side_rate),
         "ratio_sidecar_vs_curl": round(side_rate / curl_rate, 3),
@@ -226,7 +245,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-files":
-        serve_files(Path(sys.argv[2]), int(sys.argv[3]))
+        serve_files(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--serve-sidecar":
         serve_sidecar(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
     else:

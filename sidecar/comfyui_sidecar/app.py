@@ -1,9 +1,11 @@
 """The aiohttp application: routes, error shapes, wiring of ComfyUI client, fetcher, webhooks and lifecycle.
 
-Extension points for the cache (issue 3):
-- `build_fetcher(settings)` returns the Fetcher every prompt uses (`NoDownloads()` until the cache exists);
-- a fetcher may also offer `routes() -> list[web.RouteDef]` (e.g. POST /download) and `start()` / `close()`
-  coroutines; `create_app` registers / awaits them. Handlers reach it with `request.app[FETCHER_KEY]`.
+Wiring of the cache and outbound requests:
+- one `Egress` (every outbound request: downloads, uploads, webhooks) per app, closed at cleanup;
+- `build_fetcher(settings, egress)` returns the model cache; the app registers its `POST /download`
+  (`cache.routes`) and runs its manifest (`cache.manifest.ManifestPreload`) as the fetcher's preload;
+- another fetcher may offer `routes()` and `start()` / `close()`; `create_app` registers / awaits them.
+  Handlers reach the fetcher with `request.app[FETCHER_KEY]`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from comfyui_sidecar import jsonbody, request_body
+from comfyui_sidecar.cache import ModelCache
+from comfyui_sidecar.cache.manifest import ManifestPreload
+from comfyui_sidecar.cache.routes import download_routes
 from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyError, ComfyRejected
 from comfyui_sidecar.convert import ImageTooLarge
+from comfyui_sidecar.egress.outbound import Egress
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.lifecycle import Lifecycle, State
 from comfyui_sidecar.metrics import Metrics
@@ -46,7 +52,7 @@ from comfyui_sidecar.prompt_flow import PrepareError, PromptService, echo, is_as
 from comfyui_sidecar.request_body import BODY_LIMITS_KEY, BodyError, ClientAborted
 from comfyui_sidecar.settings import Settings
 from comfyui_sidecar.system_events import SystemEvents, metadata_from, parse_events
-from comfyui_sidecar.uploads import UploadError
+from comfyui_sidecar.uploads import Uploader, UploadError
 from comfyui_sidecar.webhooks import RetryPolicy, WebhookSender
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -59,6 +65,8 @@ LIFECYCLE_KEY = web.AppKey("lifecycle", Lifecycle)
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookSender)
 STOP_KEY = web.AppKey("stop", asyncio.Event)
 SYSTEM_EVENTS_KEY = web.AppKey("system_events", SystemEvents)
+EGRESS_KEY = web.AppKey("egress", Egress)
+UPLOADER_KEY = web.AppKey("uploader", Uploader)
 
 log = logging.getLogger(__name__)
 COMFYUI_STATE = {
@@ -88,11 +96,21 @@ class Preloads(Protocol):
     async def preload(self) -> None: ...
 
 
-def build_fetcher(settings: Settings) -> Fetcher:
-    """The fetcher for URL inputs and models: the model and media cache (docs/cache.md)."""
-    from comfyui_sidecar.cache import ModelCache
+def build_egress(settings: Settings) -> Egress:
+    """The outbound clients; ComfyUI's address and the sidecar's own port are never reachable through them."""
+    return Egress(settings, comfy_url=settings.comfy_url, own_port=settings.port)
 
-    return ModelCache(settings, input_dir=settings.input_dir, model_dir=settings.model_dir)
+
+def build_fetcher(settings: Settings, egress: Egress | None = None) -> Fetcher:
+    """The fetcher for URL inputs and models: the model and media cache (docs/cache.md). Without `egress` (the
+    app's), the cache gets one of its own and closes it."""
+    return ModelCache(
+        settings,
+        input_dir=settings.input_dir,
+        model_dir=settings.model_dir,
+        egress=egress or build_egress(settings),
+        close_egress=egress is None,
+    )
 
 
 # ---- responses --------------------------------------------------------------------------------
@@ -482,7 +500,8 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe])
     app[SETTINGS_KEY] = settings
     app[BODY_LIMITS_KEY] = body_limits(settings)
-    app[FETCHER_KEY] = fetcher if fetcher is not None else build_fetcher(settings)
+    app[EGRESS_KEY] = build_egress(settings)
+    app[FETCHER_KEY] = fetcher if fetcher is not None else build_fetcher(settings, app[EGRESS_KEY])
     app[STATE_KEY] = State()
     app[METRICS_KEY] = Metrics()
     app[STOP_KEY] = asyncio.Event()
@@ -503,7 +522,9 @@ def create_app(
         ]
     )
     chosen = app[FETCHER_KEY]
-    if isinstance(chosen, ServesRoutes):
+    if isinstance(chosen, ModelCache):
+        app.add_routes(download_routes(chosen))
+    elif isinstance(chosen, ServesRoutes):
         app.add_routes(chosen.routes())
 
     async def on_startup(app: web.Application) -> None:
@@ -527,8 +548,9 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
     comfy_session = aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10)
     )
-    webhook_session = aiohttp.ClientSession()
-    app[_SESSIONS] = [comfy_session, webhook_session]
+    app[_SESSIONS] = [comfy_session]
+    egress = app[EGRESS_KEY]
+    await egress.start()
     comfy = ComfyClient(
         settings.comfy_url,
         comfy_session,
@@ -546,13 +568,16 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
         timeout_s=settings.webhook_timeout_s,
     )
     webhooks = WebhookSender(
-        webhook_session,
+        egress.webhook,
         policy,
         settings.webhook_key(),
         on_result=lambda outcome: app_metrics.webhooks.labels(outcome=outcome).inc(),
     )
     app[WEBHOOKS_KEY] = webhooks
-    service = PromptService(settings, comfy, app[FETCHER_KEY], webhooks, app_metrics)
+    app[UPLOADER_KEY] = Uploader(egress, settings)
+    service = PromptService(
+        settings, comfy, app[FETCHER_KEY], webhooks, app_metrics, uploader=app[UPLOADER_KEY]
+    )
     app[SERVICE_KEY] = service
     if settings.system_webhook_url:
         events = parse_events(settings.system_webhook_events)
@@ -589,11 +614,14 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
     comfy._on_connection = lifecycle.on_connection
     app[LIFECYCLE_KEY] = lifecycle
     fetcher = app[FETCHER_KEY]
+    preloads: Preloads | None = fetcher if isinstance(fetcher, Preloads) else None
+    if isinstance(fetcher, ModelCache):
+        preloads = ManifestPreload.load(fetcher, settings)  # a bad manifest stops the start here
     if isinstance(fetcher, HasLifecycle):
         await fetcher.start()
-    if isinstance(fetcher, Preloads):
+    if preloads is not None:
         state.models_ready = False
-        app[_BACKGROUND].add(asyncio.get_running_loop().create_task(_preload(fetcher, state, lifecycle)))
+        app[_BACKGROUND].add(asyncio.get_running_loop().create_task(_preload(preloads, state, lifecycle)))
     else:
         lifecycle.models_present.set()
     if start_lifecycle:
@@ -658,3 +686,6 @@ async def _cleanup(app: web.Application) -> None:
         await fetcher.close()
     for session in app.get(_SESSIONS, []):
         await session.close()
+    if UPLOADER_KEY in app:
+        await app[UPLOADER_KEY].close()
+    await app[EGRESS_KEY].close()

@@ -13,10 +13,12 @@ import copy
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from comfyui_sidecar.egress.urls import Url
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -100,6 +102,7 @@ class Fetch:
       ("" for the input directory itself, the request id for image directories).
     kind "model": a model-loader input; `folder` is ComfyUI's model folder name (e.g. "checkpoints").
     `index` is the position inside a list value (image directories), else None.
+    `ref` is the URL as parsed by rewriting (parsed once; the fetcher parses `url` when it is missing).
     """
 
     url: str
@@ -108,6 +111,7 @@ class Fetch:
     kind: FetchKind
     folder: str
     index: int | None = None
+    ref: Url | None = field(default=None, compare=False, repr=False)
 
 
 class FetchError(Exception):

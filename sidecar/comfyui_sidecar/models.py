@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from comfyui_sidecar.fetching import Credential
-from comfyui_sidecar.uploads import HfUpload, HttpUpload
+from comfyui_sidecar.upload_targets import HfUpload, HttpUpload, S3Upload
 
 VERSION = "1.18.0"
 
@@ -83,6 +83,7 @@ class PromptRequest(_Model):
     credentials: list[Credential] | None = Field(
         None, description="Credentials for model URLs (never echoed)."
     )
+    s3: S3Upload | None = Field(None, description="Upload outputs to s3://<bucket>/<prefix><filename>.")
     hf_upload: HfUpload | None = None
     http_upload: HttpUpload | None = None
 

@@ -23,7 +23,13 @@ from typing import Any
 
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected, OutputMissing
 from comfyui_sidecar.convert import ImageTooLarge, convert_image
-from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
+from comfyui_sidecar.fetching import (
+    Credential,
+    Fetcher,
+    FetchError,
+    apply_fetched,
+    describe_failure,
+)
 from comfyui_sidecar.jsonbody import Base64List, Base64Str, b64decode_sliced
 from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import Metrics
@@ -38,7 +44,8 @@ from comfyui_sidecar.rewriting import (
     rewrite_prompt,
 )
 from comfyui_sidecar.settings import Settings
-from comfyui_sidecar.uploads import UploadError, upload_outputs
+from comfyui_sidecar.targets import TargetRefused, check_targets, upload_targets
+from comfyui_sidecar.uploads import Uploader, UploadError
 from comfyui_sidecar.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -134,6 +141,8 @@ def echo(request: PromptRequest, prompt: Mapping[str, Any]) -> dict[str, Any]:
         body["convert_output"] = request.convert_output.model_dump(exclude_none=True)
     if request.credentials is not None:
         body["credentials"] = redact_credentials(request.credentials)
+    if request.s3 is not None:
+        body["s3"] = request.s3.model_dump(by_alias=True)
     if request.hf_upload is not None:
         body["hf_upload"] = request.hf_upload.model_dump(by_alias=True)
     if request.http_upload is not None:
@@ -145,7 +154,7 @@ def is_async(request: PromptRequest) -> bool:
     """202 answers: any webhook, or an upload block with async true (contract 3.5)."""
     if request.webhook or request.webhook_v2:
         return True
-    upload = request.hf_upload or request.http_upload
+    upload = upload_targets(request).chosen
     return bool(upload and upload.async_)
 
 
@@ -188,8 +197,11 @@ class PromptService:
         fetcher: Fetcher,
         webhooks: WebhookSender,
         metrics: Metrics,
+        *,
+        uploader: Uploader | None = None,
     ) -> None:
         self.settings = settings
+        self.uploader = uploader
         self.comfy = comfy
         self.fetcher = fetcher
         self.webhooks = webhooks
@@ -229,6 +241,7 @@ class PromptService:
         belongs to the prompt already running)."""
         if request.id in self.running:
             raise PrepareError(f"a prompt with id {request.id} is already running", "id", 409)
+        await self._check_targets(request)
         self._enter(request.id)
         stack = contextlib.AsyncExitStack()
         try:
@@ -245,6 +258,17 @@ class PromptService:
             self._leave(request.id)
             raise
         return prepared
+
+    async def _check_targets(self, request: PromptRequest) -> None:
+        try:
+            await check_targets(request, self.webhooks, self.uploader)
+        except TargetRefused as error:
+            raise PrepareError(error.message, error.location) from None
+
+    def _uploader(self) -> Uploader:
+        if self.uploader is None:
+            raise UploadError("uploads are not enabled on this sidecar")
+        return self.uploader
 
     async def _prepare(
         self, request: PromptRequest, started: float, stack: contextlib.AsyncExitStack
@@ -408,10 +432,8 @@ class PromptService:
         if request.webhook:
             self._send_legacy(request, prepared.prompt, files, stats)
             images: list[str] | Base64List = []
-        elif request.hf_upload or request.http_upload:
-            images = await upload_outputs(
-                files, http_upload=request.http_upload, hf_upload=request.hf_upload, settings=self.settings
-            )
+        elif upload_targets(request).chosen is not None:
+            images = await self._uploader().upload(files, upload_targets(request))
         else:
             images = Base64List([f.data for f in files])
         total_ms = self._elapsed_ms(prepared)

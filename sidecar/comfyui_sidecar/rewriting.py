@@ -12,20 +12,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from comfyui_sidecar.egress.urls import InvalidUrl, Url, parse_url, scheme_of
 from comfyui_sidecar.fetching import Fetch
 from comfyui_sidecar.jsonbody import b64decode_text
 from comfyui_sidecar.loaders import LoaderTable
 from comfyui_sidecar.media import extension_for_mime, sniff_extension
 from comfyui_sidecar.outputs import is_safe_relative
+from comfyui_sidecar.sources.registry import SCHEMES, supported_schemes
 
 NO_OUTPUT_MESSAGE = 'Prompt must contain a node with a "filename_prefix" input, such as "SaveImage"'
 DIRECTORY_CLASSES = frozenset({"VHS_LoadImages", "VHS_LoadImagesPath"})
 VIDEO_CLASSES = frozenset(
     {"LoadVideo", "VHS_LoadVideo", "VHS_LoadVideoPath", "VHS_LoadVideoFFmpegPath", "VHS_LoadVideoFFmpeg"}
 )
-URL_SCHEMES = frozenset({"http", "https", "s3"})
 _DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*?);base64,(.*)", re.DOTALL | re.IGNORECASE)
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _ANNOTATION = re.compile(r".* \[(input|output|temp)\]")
@@ -98,12 +98,16 @@ def safe_token(request_id: str) -> str:
     return "req-" + hashlib.sha256(request_id.encode()).hexdigest()[:16]
 
 
-def is_url(value: str) -> bool:
+def source_url(value: str, prefix: str, location: str) -> Url | None:
+    """The parsed URL when `value` is written as a URL of a scheme some source serves (the registry's
+    list), None when it is not; RewriteError when it is one but not a valid one (a port past 65535, a host
+    label over 63 characters, an unpaired surrogate...). The URL is parsed here, once."""
+    if scheme_of(value) not in SCHEMES:
+        return None
     try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in URL_SCHEMES and bool(parts.netloc)
+        return parse_url(value)
+    except InvalidUrl as error:
+        raise RewriteError(f"{prefix}: {error.message}", location) from None
 
 
 def rewrite_prompt(prompt: Mapping[str, Any], request_id: str, options: RewriteOptions) -> Rewritten:
@@ -152,12 +156,22 @@ def finish_directories(prompt: Mapping[str, Any], directories: Mapping[str, str]
 
 def _models(out: Rewritten, node_id: str, inputs_to_folders: Mapping[str, str]) -> None:
     inputs = out.prompt[node_id]["inputs"]
+    prefix = f"Failed to process model for node {node_id}"
+    location = f"prompt.{node_id}.inputs"
     for input_name, folder in inputs_to_folders.items():
         value = inputs.get(input_name)
-        if isinstance(value, str) and is_url(value):
-            out.fetches.append(
-                Fetch(url=value, node_id=node_id, input_name=input_name, kind="model", folder=folder)
+        if not isinstance(value, str):
+            continue
+        scheme = scheme_of(value)
+        if scheme is not None and scheme not in SCHEMES:
+            raise RewriteError(
+                f"{prefix}: unsupported URL scheme {scheme!r} in {input_name} "
+                f"(supported schemes: {supported_schemes()})",
+                location,
             )
+        url = source_url(value, prefix, location)
+        if url is not None:
+            out.fetches.append(Fetch(value, node_id, input_name, "model", folder, ref=url))
 
 
 def _directory(out: Rewritten, node_id: str, token: str) -> None:
@@ -169,8 +183,9 @@ def _directory(out: Rewritten, node_id: str, token: str) -> None:
     for index, value in enumerate(values):
         if not isinstance(value, str):
             raise RewriteError(f"{prefix}: every entry must be a string", location)
-        if is_url(value):
-            out.fetches.append(Fetch(value, node_id, "directory", "input", token, index))
+        url = source_url(value, prefix, location)
+        if url is not None:
+            out.fetches.append(Fetch(value, node_id, "directory", "input", token, index, ref=url))
             continue
         decoded = _decode_inline(value, prefix, location, allow_name=False)
         if decoded is None:  # unreachable: names are refused above when allow_name is False
@@ -186,8 +201,9 @@ def _media(out: Rewritten, node_id: str, input_name: str, noun: str, token: str)
     value: str = inputs[input_name]
     location = f"prompt.{node_id}.inputs.{input_name}"
     prefix = f"Failed to download {noun} for node {node_id}"
-    if is_url(value):
-        out.fetches.append(Fetch(value, node_id, input_name, "input", ""))
+    url = source_url(value, prefix, location)
+    if url is not None:
+        out.fetches.append(Fetch(value, node_id, input_name, "input", "", ref=url))
         return
     decoded = _decode_inline(value, prefix, location, allow_name=True)
     if decoded is None:
@@ -224,7 +240,9 @@ def _decode_inline(value: str, prefix: str, location: str, *, allow_name: bool) 
     if value.lower().startswith("data:"):
         raise RewriteError(f"{prefix}: only base64 data: URIs are supported", location)
     if "://" in value:
-        raise RewriteError(f"{prefix}: unsupported URL scheme (use http, https or s3)", location)
+        raise RewriteError(
+            f"{prefix}: unsupported URL scheme (supported schemes: {supported_schemes()})", location
+        )
     head = _head_bytes(value)
     ext = sniff_extension(head) if head else None
     if ext is not None:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfyui_sidecar.cache.settings import CacheSettings
 from comfyui_sidecar.fetching import header_name, header_value
+from comfyui_sidecar.system_events import parse_events
 
 
 def _under_home(name: str) -> Any:
@@ -211,8 +212,6 @@ class SidecarSettings(BaseSettings):
     @field_validator("system_webhook_events")
     @classmethod
     def _known_events(cls, value: str) -> str:
-        from comfyui_sidecar.system_events import parse_events
-
         parse_events(value)
         return value
 

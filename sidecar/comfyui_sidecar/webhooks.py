@@ -1,4 +1,8 @@
-"""Webhooks: Standard Webhooks signing (pure) and background delivery with bounded retries (contract 3.7)."""
+"""Webhooks: Standard Webhooks signing (pure) and background delivery with bounded retries (contract 3.7).
+
+Every webhook (legacy, v2 success and failure, system) goes out through the egress webhook client: its policy
+checks the target when the prompt is accepted (`check_target`) and every connection when sending; redirects
+are not followed (a 3xx answer is a failed attempt)."""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
+from comfyui_sidecar.egress.client import EgressClient, EgressError
+from comfyui_sidecar.egress.policy import EgressRefused
+from comfyui_sidecar.egress.urls import InvalidUrl, Url, parse_url
 from comfyui_sidecar.jsonbody import encode, encode_small
 
 log = logging.getLogger(__name__)
@@ -75,16 +81,20 @@ class WebhookSender:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: EgressClient,
         policy: RetryPolicy,
         secret: str,
         on_result: Callable[[str], None] | None = None,
     ) -> None:
-        self._session = session
+        self._client = client
         self._policy = policy
         self._key = signing_key(secret)
         self._tasks: set[asyncio.Task[bool]] = set()
         self._on_result = on_result
+
+    async def check_target(self, url: str) -> Url:
+        """Refuse a webhook target before the prompt runs (InvalidUrl or EgressRefused, with a `message`)."""
+        return await self._client.check_target(url)
 
     def send_v2(self, url: str, payload: Mapping[str, Any]) -> asyncio.Task[bool]:
         """Sign and deliver; base64 files in the payload (`jsonbody.Base64List`) are encoded in the task."""
@@ -120,25 +130,32 @@ class WebhookSender:
         """Same id, timestamp and signature on every attempt; True once a 2xx answer came back."""
         timeout = aiohttp.ClientTimeout(total=self._policy.timeout_s)
         reason = ""
+        try:
+            target = parse_url(url)
+        except InvalidUrl as error:
+            return self._failed("<invalid url>", 0, error.message)
         for attempt in range(1, self._policy.attempts + 1):
             try:
-                async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
-                    await response.read()
+                async with self._client.request(
+                    "POST", target, data=body, headers=headers, deadline=timeout
+                ) as response:  # the answer's body is not read (a receiver could send any amount)
                     if 200 <= response.status < 300:
                         self._report("delivered")
                         return True
                     reason = f"HTTP {response.status}"
+            except EgressRefused as error:
+                return self._failed(target.redacted, attempt, error.message)  # no retry: it stays refused
+            except EgressError as error:
+                reason = error.message
             except (aiohttp.ClientError, TimeoutError, ValueError) as error:
                 reason = failure_reason(error)
             if attempt < self._policy.attempts:
                 log.info("webhook attempt %d/%d failed (%s)", attempt, self._policy.attempts, reason)
                 await asyncio.sleep(self._policy.delay(attempt))
-        log.error(
-            "webhook delivery to %s failed after %d attempts: %s",
-            safe_url(url),
-            self._policy.attempts,
-            reason,
-        )
+        return self._failed(target.redacted, self._policy.attempts, reason)
+
+    def _failed(self, shown: str, attempts: int, reason: str) -> bool:
+        log.error("webhook delivery to %s failed after %d attempts: %s", shown, attempts, reason)
         self._report("failed")
         return False
 
@@ -163,14 +180,3 @@ def failure_reason(error: BaseException) -> str:
     if isinstance(error, (aiohttp.InvalidURL, aiohttp.ClientResponseError)):
         return type(error).__name__
     return f"{type(error).__name__}: {error}"
-
-
-def safe_url(url: str) -> str:
-    """The URL without user:password and query (those may carry secrets)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<invalid url>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -61,6 +61,9 @@ def sidecar_settings(comfy_url: str, dirs: StandinDirs, **overrides: Any) -> Set
         "ws_heartbeat_s": 2.0,
         "history_poll_interval_s": 1.0,
         "prompt_timeout_s": 30.0,
+        # the local webhook receivers and file servers listen on loopback, which the egress policy refuses by
+        # default; ComfyUI's (the stand-in's) own port stays refused
+        "download_allow_networks": ["127.0.0.1/32"],
     }
     values.update(overrides)
     return Settings(**values)

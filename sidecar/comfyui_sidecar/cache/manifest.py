@@ -1,5 +1,8 @@
 """The model manifest (contract 4.7): `models.before_start` downloaded before `/ready`, `after_start` in the
-background. `apt`, `pip` and `custom_nodes` belong in the image and are ignored here (with a warning)."""
+background. `apt`, `pip` and `custom_nodes` belong in the image and are ignored here (with a warning).
+
+The app wires it (`ManifestPreload`); the cache does not import it. Manifest downloads are cache downloads,
+so they go through the sources and the egress policy."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from pathlib import PurePosixPath
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from comfyui_sidecar.cache.naming import redact_url
 from comfyui_sidecar.cache.settings import CacheSettings
 from comfyui_sidecar.cache.store import ModelCache
+from comfyui_sidecar.egress.urls import InvalidUrl, parse_url
 from comfyui_sidecar.fetching import FetchError
 
 log = logging.getLogger(__name__)
@@ -76,12 +79,48 @@ async def run_manifest_phase(cache: ModelCache, manifest: Manifest, phase: str) 
             if not cache.is_model_folder(folder):
                 raise ManifestError(f"unknown model folder {folder!r} in {item.local_path!r}")
             done = await cache.download(item.url, folder=folder, filename=name)
-            log.info("manifest: %s -> %s/%s", redact_url(item.url), folder, done.link_name)
+            log.info("manifest: %s -> %s/%s", _shown(item.url), folder, done.link_name)
         except (FetchError, ManifestError) as exc:
             message = exc.message if isinstance(exc, FetchError) else str(exc)
-            log.error("manifest: %s failed: %s", redact_url(item.url), message)
+            log.error("manifest: %s failed: %s", _shown(item.url), message)
             errors.append(message)
     return errors
+
+
+def _shown(url: str) -> str:
+    try:
+        return parse_url(url).redacted
+    except InvalidUrl:
+        return "<invalid URL>"
+
+
+class ManifestPreload:
+    """The manifest's downloads (the app's `Preloads`): `load` reads the manifest before the cache opens
+    anything (an unreadable one raises ManifestError); `preload` downloads `before_start` (the app runs it in
+    the background after the cache started and holds /ready until it returns), then `after_start` in the
+    background. A failed item is logged and kept in `errors`; it does not stop the sidecar."""
+
+    def __init__(self, cache: ModelCache, manifest: Manifest | None) -> None:
+        self.cache = cache
+        self.manifest = manifest
+        self.errors: list[str] = []
+
+    @classmethod
+    def load(cls, cache: ModelCache, settings: CacheSettings) -> ManifestPreload:
+        return cls(cache, load_manifest(settings))
+
+    async def preload(self) -> None:
+        manifest = self.manifest
+        if manifest is None:
+            return
+        warn_unsupported(manifest)
+        self.errors.extend(await run_manifest_phase(self.cache, manifest, "before_start"))
+
+        async def after() -> None:
+            self.errors.extend(await run_manifest_phase(self.cache, manifest, "after_start"))
+
+        if manifest.models.after_start:
+            self.cache.run_in_background(after())
 
 
 def warn_unsupported(manifest: Manifest) -> None:

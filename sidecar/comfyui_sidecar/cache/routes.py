@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from comfyui_sidecar.cache.naming import redact_url, strip_userinfo, url_basename
+from comfyui_sidecar.cache.naming import url_basename
 from comfyui_sidecar.cache.store import ModelCache
+from comfyui_sidecar.egress.policy import EgressRefused
+from comfyui_sidecar.egress.urls import InvalidUrl
 from comfyui_sidecar.fetching import Credential, DownloadAuth, FetchError
 from comfyui_sidecar.openapi import Operation, documented
 from comfyui_sidecar.request_body import BodyError, read_json
@@ -95,21 +96,19 @@ def download_routes(cache: ModelCache) -> list[web.RouteDef]:
             message, location = _validation_message(exc)
             return _error(message, location=location)
         try:
-            parts = urlsplit(req.url)
-        except ValueError as exc:
-            return _error(f"Invalid URL: {exc}", location="body.url")
-        if not parts.scheme or not parts.netloc:
-            return _error(f"Invalid URL: {strip_userinfo(req.url)}", location="body.url")
-        if parts.scheme.lower() not in ("http", "https"):
-            message = f"No storage provider found for URL: {strip_userinfo(req.url)}"
-            return _error(message, location="body.url")
+            ref = cache.reference(req.url)
+            await cache.check_reachable(ref)  # refused targets are a 400 now, also with wait: false
+        except FetchError as exc:
+            return _error(exc.message, location="body.url")
+        except (InvalidUrl, EgressRefused) as exc:
+            return _error(exc.message, location="body.url")
         if not cache.is_model_folder(req.model_type):
             known = ", ".join(cache.model_folders())
             message = f"Bad Request: unknown model_type {req.model_type!r} (known: {known})"
             return _error(message, location="body.model_type")
         filename = req.filename or url_basename(req.url) or None
         creds = [Credential(url_pattern="**", auth=req.auth)] if req.auth is not None else []
-        shown_url = strip_userinfo(req.url)
+        shown_url = ref.url.public
 
         async def run() -> web.Response:
             done = await cache.download(req.url, folder=req.model_type, filename=filename, credentials=creds)
@@ -135,9 +134,9 @@ def download_routes(cache: ModelCache) -> list[web.RouteDef]:
             try:
                 await run()
             except FetchError as exc:
-                log.error("download %s failed: %s", redact_url(req.url), exc.message)
+                log.error("download %s failed: %s", ref.url.redacted, exc.message)
             except Exception:
-                log.exception("download %s failed", redact_url(req.url))
+                log.exception("download %s failed", ref.url.redacted)
 
         cache.run_in_background(background())
         return web.json_response(

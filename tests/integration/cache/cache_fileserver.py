@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import io
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from comfyui_sidecar.app import build_fetcher
 from comfyui_sidecar.cache import CacheSettings, ModelCache
+from comfyui_sidecar.model_paths import extra_model_paths_yaml, known_folders
+from comfyui_standin.testing import run_standin
+from PIL import Image
+from sidecar_harness import RunningSidecar, run_sidecar, sidecar_settings
 
 
 @dataclass
@@ -216,3 +222,36 @@ async def make_cache(tmp_path: Path) -> AsyncIterator[CacheFactory]:
     yield factory
     for cache in caches:
         await cache.close()
+
+
+def png_bytes(size: tuple[int, int] = (4, 4)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upscale_prompt(image_url: str, model_url: str, prefix: str = "up") -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image_url}},
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model_url}},
+        "3": {
+            "class_type": "ImageUpscaleWithModel",
+            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
+        },
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
+    }
+
+
+@contextlib.asynccontextmanager
+async def sidecar_with_cache(tmp_path: Path, **overrides: Any) -> AsyncIterator[RunningSidecar]:
+    """The stand-in and a sidecar with the real cache wired in (app.build_fetcher); the stand-in reads the
+    extra_model_paths.yaml the operator's ConfigMap (or the cache's own writer) gives ComfyUI at start."""
+    cache_dir = tmp_path / "cache"
+    paths_file = tmp_path / "extra_model_paths.yaml"
+    paths_file.write_text(extra_model_paths_yaml(None, cache_dir / "models", known_folders()))
+    async with run_standin(tmp_path / "comfy", extra_model_paths_configs=[paths_file]) as comfy:
+        settings = sidecar_settings(
+            comfy.url, comfy.dirs, cache_dir=cache_dir, extra_model_paths_file=paths_file, **overrides
+        )
+        async with run_sidecar(settings, fetcher=build_fetcher(settings)) as sidecar:
+            yield sidecar

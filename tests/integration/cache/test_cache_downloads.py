@@ -13,10 +13,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import yaml
 from cache_fileserver import FileServer, disk_usage, file_server, make_cache  # noqa: F401 (fixtures)
-from comfyui_sidecar.cache import ModelCache
+from comfyui_sidecar.cache import CacheSettings, ModelCache
 from comfyui_sidecar.cache.lru import footprint
+from comfyui_sidecar.cache.manifest import ManifestError, ManifestPreload
 from comfyui_sidecar.cache.naming import url_hash
+from comfyui_sidecar.cache.partfile import PartFile
 from comfyui_sidecar.fetching import BearerAuth, Credential, Fetch, FetchError
 
 
@@ -306,14 +309,12 @@ async def test_state_is_rebuilt_from_disk(file_server: FileServer, make_cache, t
         assert again[model(url)] == name
     assert file_server.gets["/files/keep.safetensors"] == 1
     # the rebuilt cache knows the old links: evicting the entry removes both of them
-    assert len(second._links[name]) == 2
-    second._delete_entry_files(second.index.remove(name))  # type: ignore[arg-type]
+    assert len(second.layout.links[name]) == 2
+    second.layout.delete_entry_files(second.index.remove(name))  # type: ignore[arg-type]
     assert no_dangling_links(second.models_root, tmp_path / "input") == []
 
 
 async def test_extra_model_paths_yaml_lists_the_cache_roots(make_cache) -> None:
-    import yaml
-
     cache: ModelCache = await make_cache(extra_model_folders=["ipadapter"])
     doc = yaml.safe_load(cache.settings.model_paths_file().read_text())
     section = doc["cache_models"]
@@ -333,7 +334,9 @@ async def test_sha256_is_computed_while_streaming(file_server: FileServer, make_
     assert done.link_name == url_hash(url) + ".safetensors"
 
 
-async def test_manifest_before_start_is_downloaded_by_preload(file_server: FileServer, make_cache) -> None:
+async def test_manifest_before_start_is_downloaded_by_preload(
+    file_server: FileServer, tmp_path: Path
+) -> None:
     file_server.add("early.safetensors", b"e" * 100)
     file_server.add("late.safetensors", b"l" * 100)
     manifest = {
@@ -351,24 +354,38 @@ async def test_manifest_before_start_is_downloaded_by_preload(file_server: FileS
             ],
         },
     }
-    cache: ModelCache = await make_cache(manifest_json=json.dumps(manifest))
-    assert not (cache.models_root / "vae" / "e.pt").exists()  # start() does not download
-    await cache.preload()
-    assert (cache.models_root / "vae" / "e.pt").read_bytes() == b"e" * 100  # done before preload() returned
-    assert cache.manifest_errors == ["Error downloading file: Not Found (HTTP 404)"]
-    late = cache.models_root / "loras" / "late.safetensors"
-    for _ in range(200):
-        if late.exists():
-            break
-        await asyncio.sleep(0.02)
-    assert late.read_bytes() == b"l" * 100
+    settings = CacheSettings(
+        cache_dir=tmp_path / "cache",
+        download_allow_networks=["127.0.0.1/32"],
+        manifest_json=json.dumps(manifest),
+    )
+    cache = ModelCache(settings, input_dir=tmp_path / "input")
+    try:
+        run = ManifestPreload.load(cache, settings)
+        await cache.start()
+        assert not (cache.models_root / "vae" / "e.pt").exists()  # start() does not download
+        await run.preload()
+        assert (cache.models_root / "vae" / "e.pt").read_bytes() == b"e" * 100  # done before preload returned
+        assert run.errors == ["Error downloading file: Not Found (HTTP 404)"]
+        late = cache.models_root / "loras" / "late.safetensors"
+        for _ in range(200):
+            if late.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert late.read_bytes() == b"l" * 100
+    finally:
+        await cache.close()
 
 
-async def test_invalid_manifest_stops_start(make_cache) -> None:
-    from comfyui_sidecar.cache.manifest import ManifestError
-
+async def test_invalid_manifest_stops_start(tmp_path: Path) -> None:
+    settings = CacheSettings(
+        cache_dir=tmp_path / "cache", manifest_json='{"models": {"before_start": [{"url": 1}]}}'
+    )
+    cache = ModelCache(settings, input_dir=tmp_path / "input")
     with pytest.raises(ManifestError, match="invalid model manifest"):
-        await make_cache(manifest_json='{"models": {"before_start": [{"url": 1}]}}')
+        ManifestPreload.load(cache, settings)
+    assert not (tmp_path / "cache").exists()  # nothing was opened
+    await cache.close()
 
 
 async def test_a_stalled_server_times_out_clearly(file_server: FileServer, make_cache) -> None:
@@ -427,14 +444,12 @@ async def test_a_malformed_redirect_location_is_a_clear_error(file_server: FileS
 async def test_a_full_disk_is_a_clear_error(
     file_server: FileServer, make_cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from comfyui_sidecar.cache import download
-
     def no_space(self: object, chunks: list[bytes]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     file_server.add("full.pt", os.urandom(2_000_000))
     cache: ModelCache = await make_cache()
-    monkeypatch.setattr(download._Sink, "write", no_space)
+    monkeypatch.setattr(PartFile, "_write_batch", no_space)
     with pytest.raises(FetchError) as err:
         async with cache.pin([model(file_server.url("/files/full.pt"))], []):
             pass

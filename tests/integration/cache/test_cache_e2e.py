@@ -17,52 +17,23 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cache_fileserver import FileServer, file_server  # noqa: F401 (fixtures)
-from comfyui_sidecar.app import build_fetcher
+from cache_fileserver import (  # noqa: F401 (fixtures)
+    FileServer,
+    file_server,
+    png_bytes,
+    sidecar_with_cache,
+    upscale_prompt,
+)
 from comfyui_sidecar.cache.naming import url_hash
-from comfyui_sidecar.model_paths import extra_model_paths_yaml, known_folders
 from comfyui_standin.models import safetensors_bytes
-from comfyui_standin.testing import run_standin
 from PIL import Image
-from sidecar_harness import RunningSidecar, run_sidecar, sidecar_settings
-
-
-def png_bytes(size: tuple[int, int] = (4, 4)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def upscale_prompt(image_url: str, model_url: str, prefix: str = "up") -> dict[str, Any]:
-    return {
-        "1": {"class_type": "LoadImage", "inputs": {"image": image_url}},
-        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model_url}},
-        "3": {
-            "class_type": "ImageUpscaleWithModel",
-            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
-        },
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
-    }
+from sidecar_harness import RunningSidecar
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, file_server: FileServer) -> AsyncIterator[RunningSidecar]:
-    cache_dir = tmp_path / "cache"
-    paths_file = tmp_path / "extra_model_paths.yaml"
-    # what the operator's ConfigMap / the cache's own writer gives ComfyUI at start
-    paths_file.write_text(extra_model_paths_yaml(None, cache_dir / "models", known_folders()))
-    async with run_standin(tmp_path / "comfy", extra_model_paths_configs=[paths_file]) as comfy:
-        settings = sidecar_settings(
-            comfy.url,
-            comfy.dirs,
-            cache_dir=cache_dir,
-            extra_model_paths_file=paths_file,
-            download_allow_networks=["127.0.0.1/32"],
-            download_backoff_seconds=0.01,
-        )
-        # the real wiring: app.build_fetcher gives the ModelCache (the shared run_sidecar defaults to none)
-        async with run_sidecar(settings, fetcher=build_fetcher(settings)) as sidecar:
-            yield sidecar
+async def stack(tmp_path: Path) -> AsyncIterator[RunningSidecar]:
+    async with sidecar_with_cache(tmp_path, download_backoff_seconds=0.01) as sidecar:
+        yield sidecar
 
 
 async def test_standin_loads_the_downloaded_model_by_its_rewritten_name(
@@ -157,6 +128,14 @@ async def test_download_route_wait_and_background(stack: RunningSidecar, file_se
         ({"url": "http://[::1/a.pt", "model_type": "loras", "wait": True}, "Invalid URL"),
         ({"model_type": "loras"}, "url"),
         ({"url": "http://169.254.169.254/x", "model_type": "loras", "wait": True}, "metadata"),
+        ({"url": "http://169.254.169.254/x", "model_type": "loras", "wait": False}, "metadata"),
+        ({"url": "http://h\ud800.example/a.pt", "model_type": "loras"}, "surrogate"),
+        (
+            {"url": "http://h.example:65536/a.pt", "model_type": "loras"},
+            "port must be a number from 1 to 65535",
+        ),
+        ({"url": f"http://{'a' * 64}.example/a.pt", "model_type": "loras"}, "label is longer than 63"),
+        ({"url": "ftp://h/a.pt", "model_type": "loras"}, "(supported schemes: http, https, s3)"),
     ],
 )
 async def test_download_route_errors_are_clear_400s(

@@ -37,7 +37,13 @@ BLOCKED_LITERALS = [
     "http://user:pw@127.0.0.1:{port}/files/a.pt",
 ]
 
-BAD_SCHEMES = ["file:///etc/passwd", "ftp://example.com/a.pt", "gopher://127.0.0.1/", "data:text/plain,hi"]
+BAD_SCHEMES = [
+    ("file:///etc/passwd", "needs a scheme and a host"),
+    ("file://host/etc/passwd", "No storage provider found"),
+    ("ftp://example.com/a.pt", "No storage provider found"),
+    ("gopher://127.0.0.1/", "No storage provider found"),
+    ("data:text/plain,hi", "needs a scheme and a host"),
+]
 
 
 def item(url: str) -> Fetch:
@@ -61,18 +67,18 @@ async def test_internal_targets_refused_without_allow_list(
         async with strict_cache.pin([item(url)], []):
             pass
     assert "refusing to fetch" in err.value.message
-    assert "DOWNLOAD_ALLOW_NETWORKS" in err.value.message
+    assert "DOWNLOAD_ALLOW_NETWORKS" in err.value.message or "never allowed" in err.value.message
     assert "pw" not in err.value.message
     assert sum(file_server.gets.values()) == 0
     assert list(strict_cache.blobs.iterdir()) == []
 
 
-@pytest.mark.parametrize("url", BAD_SCHEMES)
-async def test_other_schemes_refused(url: str, strict_cache: ModelCache) -> None:
+@pytest.mark.parametrize(("url", "fragment"), BAD_SCHEMES)
+async def test_other_schemes_refused(url: str, fragment: str, strict_cache: ModelCache) -> None:
     with pytest.raises(FetchError) as err:
         async with strict_cache.pin([item(url)], []):
             pass
-    assert "is not allowed" in err.value.message
+    assert fragment in err.value.message
 
 
 @pytest.mark.parametrize(
@@ -97,7 +103,9 @@ async def test_redirects_to_internal_addresses_refused(
     with pytest.raises(FetchError) as err:
         async with cache.pin([item(url)], []):
             pass
-    assert "refusing to fetch" in err.value.message or "is not allowed" in err.value.message
+    assert any(
+        m in err.value.message for m in ("refusing to fetch", "is not allowed", "Invalid URL in a redirect")
+    )
     assert file_server.gets["/redirect"] == 1
     assert file_server.gets["/files/a.pt"] == 0
 

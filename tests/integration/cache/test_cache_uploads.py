@@ -11,14 +11,16 @@ import pytest
 from aiohttp import web
 from cache_fileserver import start_app
 from comfyui_sidecar.cache.settings import CacheSettings
+from comfyui_sidecar.egress.outbound import Egress
 from comfyui_sidecar.uploads import (
     HfUpload,
     HttpUpload,
+    Uploader,
     UploadError,
+    UploadTargets,
     hf_file_url,
     hf_path_in_repo,
     http_upload_url,
-    upload_outputs,
 )
 
 
@@ -51,6 +53,18 @@ async def put_server() -> AsyncIterator[PutServer]:
     runner, server.base = await start_app(app)
     yield server
     await runner.cleanup()
+
+
+async def upload_outputs(
+    files: list[Out], *, http_upload: HttpUpload | None, hf_upload: HfUpload | None, settings: CacheSettings
+) -> list[str]:
+    egress = Egress(settings)
+    uploader = Uploader(egress, settings)
+    try:
+        return await uploader.upload(files, UploadTargets(hf_upload=hf_upload, http_upload=http_upload))
+    finally:
+        await uploader.close()
+        await egress.close()
 
 
 def allowing(**extra: Any) -> CacheSettings:

@@ -1,42 +1,18 @@
-"""Pure parts of the cache: naming, SSRF classification, credentials, settings, LRU planning, folders."""
+"""Pure parts of the cache: naming, extension rules, settings, LRU planning, folders, manifest paths."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import ipaddress
-import socket
 from pathlib import Path
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
-from comfyui_sidecar.cache.credentials import glob_regex, match_credential, request_auth, with_query
 from comfyui_sidecar.cache.folders import known_folders
-from comfyui_sidecar.cache.hf import HfFile, parse_hf_url
 from comfyui_sidecar.cache.lru import Entry, LruIndex, NoSpaceError, footprint
 from comfyui_sidecar.cache.manifest import ManifestError, target_of
-from comfyui_sidecar.cache.naming import (
-    cache_name,
-    disposition_filename,
-    infer_extension,
-    link_name,
-    path_extension,
-    redact_url,
-    safe_basename,
-    strip_userinfo,
-    url_hash,
-)
+from comfyui_sidecar.cache.naming import cache_name, link_name, url_hash
 from comfyui_sidecar.cache.settings import CacheSettings, parse_quantity
-from comfyui_sidecar.cache.ssrf import (
-    AddressGuard,
-    AllowList,
-    BlockedURLError,
-    GuardedResolver,
-    blocked_reason,
-    parse_ip_literal,
-)
-from comfyui_sidecar.fetching import BasicAuth, BearerAuth, Credential, HeaderAuth, QueryAuth
+from comfyui_sidecar.filenames import disposition_filename, infer_extension, path_extension, safe_basename
 
 # -- naming ----------------------------------------------------------------------------------------
 
@@ -113,149 +89,6 @@ def test_safe_basename_and_link_name() -> None:
     assert link_name("../../evil.pt", "HASH.ckpt") == "evil.pt"
     assert link_name(None, "HASH.ckpt") == "HASH.ckpt"
     assert link_name("..", "HASH.ckpt") == "HASH.ckpt"
-
-
-def test_urls_without_secrets() -> None:
-    assert strip_userinfo("https://u:p@h:8/a?q=1") == "https://h:8/a?q=1"
-    assert strip_userinfo("https://u:p@[::1]/a") == "https://[::1]/a"
-    assert redact_url("https://u:p@h/a?token=abc") == "https://h/a?…"
-
-
-# -- SSRF ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("host", "addr"),
-    [
-        ("2130706433", "127.0.0.1"),
-        ("0x7f000001", "127.0.0.1"),
-        ("0177.0.0.1", "127.0.0.1"),
-        ("127.1", "127.0.0.1"),
-        ("[::1]", "::1"),
-        ("fe80::1%eth0", "fe80::1"),
-        ("example.com", None),
-    ],
-)
-def test_parse_ip_literal_forms(host: str, addr: str | None) -> None:
-    parsed = parse_ip_literal(host)
-    assert (str(parsed) if parsed else None) == addr
-
-
-@pytest.mark.parametrize(
-    "addr",
-    [
-        "127.0.0.1",
-        "10.1.2.3",
-        "172.31.255.255",
-        "192.168.0.1",
-        "169.254.169.254",
-        "169.254.1.1",
-        "100.100.100.200",
-        "0.0.0.0",
-        "224.0.0.1",
-        "240.0.0.1",
-        "100.64.1.1",
-        "::1",
-        "::",
-        "fe80::1",
-        "fc00::1",
-        "fd00:ec2::254",
-        "::ffff:10.0.0.1",
-        "64:ff9b::a00:1",
-        "2002:a00:1::",
-        "fec0::1",
-        "::ffff:0:7f00:1",
-    ],
-)
-def test_internal_addresses_blocked(addr: str) -> None:
-    assert blocked_reason(ipaddress.ip_address(addr)) is not None
-
-
-@pytest.mark.parametrize("addr", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "151.101.1.69"])
-def test_public_addresses_allowed(addr: str) -> None:
-    assert blocked_reason(ipaddress.ip_address(addr)) is None
-
-
-def test_metadata_reason_and_allow_list() -> None:
-    assert blocked_reason(ipaddress.ip_address("169.254.169.254")) == "a cloud metadata address"
-    guard = AddressGuard(AllowList.parse(["10.0.0.0/8", "minio.local", "::1"]))
-    guard.check_url("http://10.2.3.4/x")
-    guard.check_url("http://minio.local/x")
-    guard.check_url("http://[::1]/x")
-    with pytest.raises(BlockedURLError):
-        guard.check_url("http://192.168.0.1/x")
-    with pytest.raises(BlockedURLError, match="scheme 'file'"):
-        guard.check_url("file:///etc/passwd")
-    with pytest.raises(BlockedURLError, match="no host"):
-        guard.check_url("http:///x")
-
-
-class _FakeResolver(AbstractResolver):
-    def __init__(self, answer: str) -> None:
-        self.answer = answer
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [ResolveResult(hostname=host, host=self.answer, port=port, family=family, proto=0, flags=0)]
-
-    async def close(self) -> None:
-        return None
-
-
-def test_guarded_resolver_checks_resolved_addresses() -> None:
-    guard = AddressGuard(AllowList())
-    bad = GuardedResolver(guard, _FakeResolver("10.0.0.7"))
-    with pytest.raises(BlockedURLError, match=r"10\.0\.0\.7, a private address"):
-        asyncio.run(bad.resolve("rebind.example", 80))
-    good = GuardedResolver(guard, _FakeResolver("93.184.216.34"))
-    assert asyncio.run(good.resolve("example.com", 80))[0]["host"] == "93.184.216.34"
-    allowed = GuardedResolver(AddressGuard(AllowList.parse(["minio.local"])), _FakeResolver("10.0.0.7"))
-    assert asyncio.run(allowed.resolve("minio.local", 80))[0]["host"] == "10.0.0.7"
-
-
-# -- credentials -----------------------------------------------------------------------------------
-
-
-def test_glob_semantics() -> None:
-    assert glob_regex("https://h/**").match("https://h/a/b/c?x=1")
-    assert glob_regex("https://h/*").match("https://h/a?x=1")
-    assert not glob_regex("https://h/*").match("https://h/a/b")
-    assert glob_regex("https://h/?.pt").match("https://h/a.pt")
-    assert not glob_regex("https://h/a.pt").match("https://h/aXpt")
-    assert not glob_regex("https://h/a").match("https://h/a/extra")
-
-
-def test_first_matching_credential_wins() -> None:
-    creds = [
-        Credential(url_pattern="https://other/**", auth=BearerAuth(type="bearer", token="x")),
-        Credential(url_pattern="https://h/**", auth=BearerAuth(type="bearer", token="first")),
-        Credential(url_pattern="**", auth=BearerAuth(type="bearer", token="second")),
-    ]
-    auth = match_credential("https://h/m.pt", creds)
-    assert isinstance(auth, BearerAuth)
-    assert auth.token == "first"
-    assert match_credential("https://nomatch/", creds[:2]) is None
-
-
-def test_request_auth_kinds_and_precedence() -> None:
-    url = "https://h/a.pt"
-    assert request_auth(BearerAuth(type="bearer", token="t"), url=url).headers == {
-        "Authorization": "Bearer t"
-    }
-    basic = request_auth(BasicAuth(type="basic", username="u", password="p"), url=url).headers[
-        "Authorization"
-    ]
-    assert base64.b64decode(basic.split()[1]) == b"u:p"
-    assert request_auth(HeaderAuth(type="header", header_name="X-K", header_value="v"), url=url).headers == {
-        "X-K": "v"
-    }
-    q = request_auth(QueryAuth(type="query", query_param="token", query_value="v"), url=url)
-    assert with_query("https://h/a.pt?x=1&token=old", q.query) == "https://h/a.pt?x=1&token=v"
-    from_url = request_auth(None, url="https://me:pw@h/a", global_header=("X-G", "g"))
-    assert base64.b64decode(from_url.headers["Authorization"].split()[1]) == b"me:pw"
-    assert request_auth(None, url=url, global_header=("X-G", "g")).headers == {"X-G": "g"}
-    assert request_auth(None, url=url).empty
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -360,37 +193,3 @@ def test_manifest_local_path() -> None:
         target_of("x.safetensors")
     with pytest.raises(ManifestError):
         target_of("loras/../../x.pt")
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        (
-            "https://huggingface.co/org/repo/resolve/main/sub/model.safetensors",
-            HfFile("org/repo", "model", "main", "sub/model.safetensors"),
-        ),
-        (
-            "https://huggingface.co/datasets/org/ds/resolve/v1.0/data.bin?download=true",
-            HfFile("org/ds", "dataset", "v1.0", "data.bin"),
-        ),
-        ("https://huggingface.co/gpt2/resolve/main/model.bin", HfFile("gpt2", "model", "main", "model.bin")),
-        (
-            "https://huggingface.co/org/repo/resolve/refs%2Fpr%2F1/a.pt",
-            HfFile("org/repo", "model", "refs/pr/1", "a.pt"),
-        ),
-        ("https://huggingface.co/org/repo/blob/main/a.pt", None),
-        ("https://huggingface.co/org/repo/resolve/main/../a.pt", None),
-        ("https://example.com/org/repo/resolve/main/a.pt", None),
-    ],
-)
-def test_parse_hf_url(url: str, expected: HfFile | None) -> None:
-    assert parse_hf_url(url, "https://huggingface.co") == expected
-
-
-def test_guard_refuses_a_malformed_url_clearly() -> None:
-    from comfyui_sidecar.cache.ssrf import AddressGuard, AllowList, BlockedURLError
-
-    guard = AddressGuard(AllowList())
-    for url in ("http://[::1/x", "http://[fe80::1%eth0/x"):
-        with pytest.raises(BlockedURLError, match="invalid URL"):
-            guard.check_url(url)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
 import pytest
+from comfyui_sidecar.egress.outbound import Egress
+from comfyui_sidecar.egress.settings import EgressSettings
 from comfyui_sidecar.system_events import SystemEvents, metadata_from, parse_events, rewrite_ids
 from comfyui_sidecar.webhooks import RetryPolicy, WebhookSender
 
@@ -34,9 +35,10 @@ async def test_events_for_a_down_target_wait_in_one_bounded_queue_with_one_worke
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     dropped: list[int] = []
-    async with aiohttp.ClientSession() as session:
+    egress = Egress(EgressSettings(download_allow_networks=["127.0.0.1/32"]))
+    try:
         sender = WebhookSender(
-            session, RetryPolicy(attempts=2, backoff_s=0.01, backoff_max_s=0.01, timeout_s=1), ""
+            egress.webhook, RetryPolicy(attempts=2, backoff_s=0.01, backoff_max_s=0.01, timeout_s=1), ""
         )
         system = SystemEvents(
             "http://127.0.0.1:1/down",
@@ -60,3 +62,5 @@ async def test_events_for_a_down_target_wait_in_one_bounded_queue_with_one_worke
         system.emit("comfy.status", {})  # a new burst starts a new worker
         assert sender.pending == 1
         await sender.drain(10)
+    finally:
+        await egress.close()

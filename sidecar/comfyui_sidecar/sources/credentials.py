@@ -1,7 +1,7 @@
-"""Per-request credentials (contract 4.4): `url_pattern` globs and how an auth becomes request headers.
+"""Per-request credentials (contract 4.4): which credential applies to a URL, and what it adds to a request.
 
-Pure functions. Globs are anchored at both ends: `**` matches anything, `*` anything but `/`,
-`?` one character.
+Pure. `url_pattern` globs are anchored at both ends: `**` matches anything, `*` anything but `/`, `?` one
+character.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from comfyui_sidecar.egress.client import NO_AUTH, RequestAuth
+from comfyui_sidecar.egress.urls import Url
 from comfyui_sidecar.fetching import (
     BasicAuth,
     BearerAuth,
@@ -21,7 +21,6 @@ from comfyui_sidecar.fetching import (
     DownloadAuth,
     HeaderAuth,
     QueryAuth,
-    S3Auth,
 )
 
 
@@ -47,23 +46,19 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def match_credential(url: str, credentials: Sequence[Credential]) -> DownloadAuth | None:
-    """The auth of the first credential whose `url_pattern` matches `url`, or None."""
+    """The auth of the first credential whose `url_pattern` matches `url` (as written), or None."""
     for cred in credentials:
         if glob_regex(cred.url_pattern).match(url):
             return cred.auth
     return None
 
 
-@dataclass(frozen=True)
-class RequestAuth:
-    """What an auth adds to a request: headers and query parameters. Never logged."""
-
-    headers: dict[str, str] = field(default_factory=dict)
-    query: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not self.headers and not self.query
+def credential_of_type(
+    url: Url, credentials: Sequence[Credential], usable: Callable[[DownloadAuth], bool]
+) -> DownloadAuth | None:
+    """The first matching credential when its type is one the source can use, else None."""
+    auth = match_credential(url.text, credentials)
+    return auth if auth is not None and usable(auth) else None
 
 
 def auth_fingerprint(auth: DownloadAuth | None) -> str:
@@ -74,43 +69,27 @@ def auth_fingerprint(auth: DownloadAuth | None) -> str:
 
 
 def request_auth(
-    auth: DownloadAuth | None,
-    *,
-    url: str,
-    global_header: tuple[str, str] | None = None,
+    auth: DownloadAuth | None, *, url: Url, global_header: tuple[str, str] | None = None
 ) -> RequestAuth:
-    """Auth precedence as upstream: per-request auth, then `user:pass@` in the URL, then the global header."""
+    """Auth precedence as upstream: per-request auth, then `user:pass@` in the URL, then the global header.
+    The egress client sends it to the URL's origin only."""
     if isinstance(auth, BearerAuth):
         return RequestAuth(headers={"Authorization": f"Bearer {auth.token}"})
     if isinstance(auth, BasicAuth):
-        return RequestAuth(headers={"Authorization": _basic(auth.username, auth.password)})
+        return RequestAuth(headers={"Authorization": basic(auth.username, auth.password)})
     if isinstance(auth, HeaderAuth):
         return RequestAuth(headers={auth.header_name: auth.header_value})
     if isinstance(auth, QueryAuth):
         return RequestAuth(query=((auth.query_param, auth.query_value),))
-    if isinstance(auth, S3Auth):
-        return RequestAuth()
-    parts = urlsplit(url)
-    if parts.username is not None:
-        return RequestAuth(
-            headers={"Authorization": _basic(unquote(parts.username), unquote(parts.password or ""))}
-        )
+    if auth is not None:
+        return NO_AUTH  # a credential of another source's kind (s3) adds nothing to an HTTP request
+    if url.has_userinfo:
+        return RequestAuth(headers={"Authorization": basic(url.username or "", url.password or "")})
     if global_header is not None:
         return RequestAuth(headers={global_header[0]: global_header[1]})
-    return RequestAuth()
+    return NO_AUTH
 
 
-def _basic(user: str, password: str) -> str:
+def basic(user: str, password: str) -> str:
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     return f"Basic {token}"
-
-
-def with_query(url: str, query: Sequence[tuple[str, str]]) -> str:
-    """`url` with the given query parameters set (replacing any of the same name)."""
-    if not query:
-        return url
-    parts = urlsplit(url)
-    names = {k for k, _ in query}
-    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in names]
-    pairs.extend(query)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(pairs), parts.fragment))

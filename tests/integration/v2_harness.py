@@ -58,7 +58,7 @@ async def wait_ready(url: str) -> None:
 
 @contextlib.asynccontextmanager
 async def replicas(
-    base: Path, count: int = 2, *, exec_delay: float = 0.0, **overrides: Any
+    base: Path, count: int = 2, *, exec_delay: float = 0.0, previews: bool = True, **overrides: Any
 ) -> AsyncIterator[list[Replica]]:
     """`count` sidecars (each with its own stand-in) that are each other's peers."""
     ports = [free_port() for _ in range(count)]
@@ -67,7 +67,11 @@ async def replicas(
         started: list[Replica] = []
         for index, port in enumerate(ports):
             standin = await stack.enter_async_context(
-                run_standin(base / f"comfy-{NAMES[index]}", exec_delay=exec_delay)
+                run_standin(
+                    base / f"comfy-{NAMES[index]}",
+                    exec_delay=exec_delay,
+                    preview_method="auto" if previews else "none",
+                )
             )
             values: dict[str, Any] = {"peer_name": NAMES[index], "peers": peers, "port": port, **overrides}
             settings = sidecar_settings(standin.url, standin.dirs, **values)

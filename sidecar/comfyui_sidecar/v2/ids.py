@@ -47,12 +47,14 @@ def _b32(data: bytes) -> str:
 
 
 def _unb32(text: str) -> bytes | None:
+    """The bytes of canonical lower-case unpadded base32 (one spelling per value), else None."""
     if not text or not text.isalnum():
         return None
     try:
-        return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+        raw = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
     except (binascii.Error, ValueError):
         return None
+    return raw if _b32(raw) == text else None
 
 
 def _tag(key: bytes, prefix: str, payload: bytes) -> bytes:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from comfy_sdk import AsyncComfy, Comfy, OutputReady, Preview, Progress, StatusChange
 from comfy_sdk.exceptions import IdempotencyKeyReuse, JobFailed, MissingAsset, NotFound
+from comfy_sdk.workflows import Workflow
 from v2_harness import Replica, empty_image, invert, pixel, png_bytes, replicas, sdk_env, slow_image
 
 
@@ -88,15 +89,16 @@ async def test_events_arrive_in_order_with_progress_preview_output_then_the_end(
 
 
 async def test_a_queued_job_reports_its_position_then_runs(client: AsyncComfy) -> None:
-    first = await client.submit(client.workflows.from_json(slow_image(seconds=1.0, steps=2, prefix="first")))
-    second = await client.submit(
-        client.workflows.from_json(slow_image(seconds=0.2, steps=1, prefix="second"))
-    )
-    seen = [event async for event in second.events() if isinstance(event, StatusChange)]
-    assert seen[0].status == "queued"
-    assert seen[0].queue_position == 1
-    assert [event.status for event in seen[1:]] == ["running", "succeeded"]
+    def slow(seconds: float, prefix: str) -> Workflow:
+        return client.workflows.from_json(slow_image(seconds=seconds, steps=1, prefix=prefix))
+
+    first = await client.submit(slow(1.0, "first"))
+    second = await client.submit(slow(0.6, "second"))
+    third = await client.submit(slow(0.2, "third"))
+    seen = [(e.status, e.queue_position) async for e in third.events() if isinstance(e, StatusChange)]
+    assert seen == [("queued", 2), ("queued", 1), ("running", None), ("succeeded", None)]
     await first.result()
+    await second.result()
 
 
 async def test_cancel_a_running_job(client: AsyncComfy) -> None:

@@ -564,8 +564,12 @@ class PromptService:
 
     # ---- interrupt / shutdown ------------------------------------------------------------------------------
     def api_id_for(self, comfy_prompt_id: str) -> str | None:
-        """The request id of an in-flight ComfyUI prompt id (for system webhooks)."""
-        return self.api_ids.get(comfy_prompt_id)
+        """The request id (or v2 job id) of an in-flight ComfyUI prompt id (for system webhooks)."""
+        known = self.api_ids.get(comfy_prompt_id)
+        if known is None:
+            record = self.jobs.by_comfy(comfy_prompt_id)
+            known = record.id if record is not None and not record.terminal else None
+        return known
 
     async def interrupt(self, request_id: str) -> bool:
         comfy_id = self.comfy_ids.get(request_id)

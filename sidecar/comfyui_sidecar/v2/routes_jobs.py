@@ -3,6 +3,7 @@ runner, claims and render modules)."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from typing import Any
@@ -15,9 +16,11 @@ from comfyui_sidecar.v2.context import V2, V2_KEY, locate, read_json
 from comfyui_sidecar.v2.errors import V2Error, invalid_request, not_found
 from comfyui_sidecar.v2.events import EventStream
 from comfyui_sidecar.v2.links import HOP_HEADER
-from comfyui_sidecar.v2.workflow import check_submit
+from comfyui_sidecar.v2.workflow import check_submit, isolate_outputs
 
 DEFAULT_LIMIT = 20
+OUTPUT_FOLDER = "api-v2"
+"""Outputs of job <nonce> go to <output dir>/api-v2/<nonce hex>/."""
 MAX_LIMIT = 100
 
 
@@ -50,7 +53,9 @@ async def submit(request: web.Request) -> web.Response:
     try:
         graph, used = await v2.runner.place_inputs(body.workflow)
         created = round(time.time(), 3)
-        job_id = ids.mint(v2.key, "job", v2.peers.self_name, round(created * 1000))
+        nonce = os.urandom(10)
+        job_id = ids.mint(v2.key, "job", v2.peers.self_name, round(created * 1000), nonce=nonce)
+        graph = isolate_outputs(graph, f"{OUTPUT_FOLDER}/{nonce.hex()}")
         record = v2.store.new_record(
             job_id, "v2", v2.runner.new_comfy_id(), graph, created=created, metadata=labels, assets=used
         )

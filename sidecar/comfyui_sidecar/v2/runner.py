@@ -209,10 +209,20 @@ class JobRunner:
         return items
 
     def delete_files(self, files: Sequence[OutputFile]) -> None:
+        """Delete output files, and their job's subfolder once it is empty."""
         for item in files:
             path = self.file_path(item)
-            if path is not None:
-                path.unlink(missing_ok=True)
+            if path is None:
+                continue
+            path.unlink(missing_ok=True)
+            root = self.output_dir if item.folder == "output" else self.temp_dir
+            parent = path.parent
+            while parent != root and parent.is_relative_to(root):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
 
     def _enforce_output_budget(self) -> None:
         if self.output_max_bytes <= 0:

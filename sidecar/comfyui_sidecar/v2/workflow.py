@@ -100,6 +100,24 @@ def substitute(workflow: Any, names: Mapping[str, str]) -> Any:
     return workflow
 
 
+def isolate_outputs(workflow: Mapping[str, Any], folder: str) -> dict[str, Any]:
+    """Save nodes (a non-empty string `filename_prefix`) write under `folder/`: every job gets its own output
+    subfolder, so a re-run is never answered from ComfyUI's cache with another job's files."""
+    result: dict[str, Any] = {}
+    for node_id, node in workflow.items():
+        result[node_id] = node
+        if not isinstance(node, Mapping) or not isinstance(node.get("inputs"), Mapping):
+            continue
+        inputs = node["inputs"]
+        prefix = inputs.get("filename_prefix")
+        if isinstance(prefix, str) and prefix:
+            result[node_id] = {
+                **node,
+                "inputs": {**inputs, "filename_prefix": f"{folder}/{prefix.lstrip('/')}"},
+            }
+    return result
+
+
 def node_errors(comfy_body: Any) -> dict[str, list[dict[str, str]]]:
     """ComfyUI's 400 `node_errors` as the contract's `{node: [{field, reason, message}]}`."""
     result: dict[str, list[dict[str, str]]] = {}

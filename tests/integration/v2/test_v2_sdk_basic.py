@@ -210,3 +210,16 @@ async def test_the_synchronous_client_streams_and_downloads(
         names = await asyncio.to_thread(blocking)
     assert names[-1] == "StatusChange"
     assert "OutputReady" in names
+
+
+async def test_an_identical_rerun_gets_its_own_files(client: AsyncComfy, one: Replica) -> None:
+    workflow = client.workflows.from_json(empty_image(color=0x123456))
+    first = await client.run(workflow)
+    second = await client.run(workflow)  # ComfyUI's cache serves EmptyImage, SaveImage runs again
+    (a,), (b,) = first.outputs, second.outputs
+    assert a.id != b.id
+    assert a.name == b.name == "v2_00001_.png"
+    await client.assets.delete(a.id)
+    assert pixel(await b.to_bytes()) == (0x12, 0x34, 0x56)
+    folders = list((one.settings.output_dir / "api-v2").iterdir())
+    assert len(folders) == 1  # the first job's emptied folder is gone too

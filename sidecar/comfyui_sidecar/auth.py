@@ -1,5 +1,6 @@
 """Bearer-token authentication (API_TOKEN): /api/v2 and the peers' internal routes always, the comfyui-api
-routes too with API_TOKEN_SCOPE=all. /health, /ready, /metrics, /docs and /api/v2/health stay open.
+routes too with API_TOKEN_SCOPE=all. /health, /ready, /health/comfyui, /drain, /metrics, /docs and
+/api/v2/health stay open.
 
 The token is compared in constant time; a missing or wrong one gets 401 in the route family's error shape
 (v2: `{"error": {"code": "unauthorized", ...}}`), with no WWW-Authenticate header (as the contract's proxy).
@@ -16,7 +17,8 @@ from aiohttp.typedefs import Middleware
 from comfyui_sidecar.v2.errors import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/api/v2/health"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/health/comfyui", "/drain", "/metrics", "/api/v2/health"})
+"""Probes, the preStop hook and scrapes: the kubelet and Prometheus send no token."""
 V2_PREFIXES = ("/api/v2/", "/internal/")
 
 

@@ -193,7 +193,7 @@ async def test_auth_on_v2_and_optionally_the_comfyui_api_routes(
     tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with replicas(tmp_path, 1, api_token="s3cret", api_token_scope="all") as (one,):
-        for path in ("/health", "/ready", "/metrics", f"{API}/health"):
+        for path in ("/health", "/ready", "/health/comfyui", "/metrics", f"{API}/health"):
             async with http.get(f"{one.url}{path}") as response:
                 assert response.status == 200, path
         async with http.get(f"{one.url}{API}/jobs") as response:

@@ -254,7 +254,16 @@ def test_preview_frames_of_both_kinds() -> None:
 
 # ---- auth --------------------------------------------------------------------------------------------------
 def test_which_routes_need_the_token() -> None:
-    for path in ("/health", "/ready", "/metrics", "/docs", "/docs/json", "/api/v2/health"):
+    for path in (
+        "/health",
+        "/ready",
+        "/health/comfyui",
+        "/drain",
+        "/metrics",
+        "/docs",
+        "/docs/json",
+        "/api/v2/health",
+    ):
         assert not auth.needs_token(path, "all")
     assert auth.needs_token("/api/v2/jobs", "v2")
     assert auth.needs_token("/internal/v2/claims/x", "v2")

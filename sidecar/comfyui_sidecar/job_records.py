@@ -116,8 +116,11 @@ class JobRecord:
     comfy_id: str
     created: float
     expires: float
-    workflow: Mapping[str, Any]
+    classes: Mapping[str, str]
+    """node id -> class_type: all progress messages need (the graph itself is kept only as `graph`)."""
     metadata: dict[str, str] = field(default_factory=dict)
+    graph: bytes = b""
+    """The executed graph as JSON (v2 jobs, for GET /workflow): far smaller than the parsed dicts."""
     status: JobStatus = "queued"
     started: float | None = None
     completed: float | None = None
@@ -145,5 +148,9 @@ class JobRecord:
             watcher.push(kind, payload)
 
 
-def count_nodes(workflow: Mapping[str, Any]) -> int:
-    return sum(1 for node in workflow.values() if isinstance(node, Mapping) and "class_type" in node)
+def node_classes(workflow: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        str(node_id): str(node["class_type"])
+        for node_id, node in workflow.items()
+        if isinstance(node, Mapping) and "class_type" in node
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +25,7 @@ from comfyui_sidecar.job_records import (
     Preview,
     ProgressState,
     Watcher,
-    count_nodes,
+    node_classes,
 )
 from comfyui_sidecar.v2.ids import Cursor
 from comfyui_sidecar.v2.schemas import JobStatus
@@ -70,17 +71,19 @@ class JobStore:
         assets: Iterable[str] = (),
     ) -> JobRecord:
         now = round(created if created is not None else time.time(), 3)  # milliseconds, as ids and lists
+        classes = node_classes(workflow)
         record = JobRecord(
             id=job_id,
             origin="v2" if origin == "v2" else "prompt",
             comfy_id=comfy_id,
             created=now,
             expires=now + self.retention_s,
-            workflow=workflow,
+            classes=classes,
             metadata=dict(metadata or {}),
+            graph=json.dumps(workflow, separators=(",", ":")).encode() if origin == "v2" else b"",
             updated=now,
             seq=next(self._seq),
-            progress=ProgressState(count_nodes(workflow)),
+            progress=ProgressState(len(classes)),
             assets=frozenset(assets),
         )
         table = self._v2 if record.origin == "v2" else self._prompts
@@ -256,9 +259,7 @@ class JobStore:
                 progress.done.add(progress.current)
             if node is not None:
                 progress.current = str(node)
-                workflow_node = record.workflow.get(progress.current)
-                class_type = workflow_node.get("class_type") if isinstance(workflow_node, Mapping) else None
-                progress.current_class = class_type if isinstance(class_type, str) else None
+                progress.current_class = record.classes.get(progress.current)
                 progress.step = progress.steps = None
             record.notify("progress")
         elif kind == "progress":

@@ -83,9 +83,12 @@ class PeerClient:
                 await response.prepare(request)
                 return response
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except (ConnectionResetError, aiohttp.ClientError, TimeoutError):
+                pass  # the client left, or the owner went silent mid-stream: the client reconnects
             return response
         finally:
             upstream.release()

@@ -8,6 +8,7 @@ empty (the directory is wiped at start), and its old asset ids read as 404.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -120,6 +121,8 @@ class AssetStore:
         self.records: dict[str, AssetRecord] = {}
         self.blobs: dict[str, int] = {}
         """hex -> size of every blob on disk (uploads and blobs fetched from peers for a job)."""
+        self.busy: collections.Counter[str] = collections.Counter()
+        """Blobs placed for a submit that has no job record yet: never deleted meanwhile."""
 
     def reset(self) -> None:
         """Start empty: the records of an earlier process are gone, so are its files."""
@@ -181,7 +184,9 @@ class AssetStore:
 
     def delete(self, record: AssetRecord) -> None:
         self.records.pop(record.id, None)
-        if not any(other.hex == record.hex for other in self.records.values()):
+        if record.hex not in self.busy and not any(
+            other.hex == record.hex for other in self.records.values()
+        ):
             self._drop_blob(record.hex)
 
     def _drop_blob(self, hex_digest: str) -> None:
@@ -208,7 +213,7 @@ class AssetStore:
         now = now if now is not None else time.time()
         for record in [r for r in self.records.values() if r.expires <= now and r.id not in in_use]:
             self.delete(record)
-        needed = {r.hex for r in self.records.values()} | in_use
+        needed = {r.hex for r in self.records.values()} | in_use | set(self.busy)
         for hex_digest in [h for h in self.blobs if h not in needed]:
             self._drop_blob(hex_digest)
 
@@ -219,7 +224,7 @@ class AssetStore:
         for record in sorted(self.records.values(), key=lambda r: r.created):
             if self.bytes_held + incoming <= self.max_bytes:
                 return
-            if record.id not in in_use and record.hex not in in_use:
+            if record.id not in in_use and record.hex not in in_use and record.hex not in self.busy:
                 self.delete(record)
         if self.bytes_held + incoming > self.max_bytes:
             raise AssetError(

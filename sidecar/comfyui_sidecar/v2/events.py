@@ -123,6 +123,8 @@ class EventStream:
             await response.write(b"".join(first))
             if not record.terminal:
                 await self._live(response, watcher)
+        except ConnectionResetError:  # the client went away: nothing more to send
+            pass
         finally:
             self.store.unwatch(self.record, watcher)
         return response

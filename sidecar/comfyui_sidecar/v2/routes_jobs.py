@@ -3,6 +3,7 @@ runner, claims and render modules)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import datetime
@@ -59,6 +60,7 @@ async def submit(request: web.Request) -> web.Response:
         record = v2.store.new_record(
             job_id, "v2", v2.runner.new_comfy_id(), graph, created=created, metadata=labels, assets=used
         )
+        v2.runner.release_inputs(used)
         extra = body.extra_data.model_dump() if body.extra_data is not None else None
         try:
             await v2.runner.start(record, graph, extra_data=extra)
@@ -104,7 +106,7 @@ async def get_workflow(request: web.Request) -> web.StreamResponse:
     record = await _local_or_answer(v2, request)
     if isinstance(record, web.StreamResponse):
         return record
-    return _json(schemas.JobWorkflow(workflow=dict(record.workflow), format="api").dump())
+    return _json(schemas.JobWorkflow(workflow=json.loads(record.graph or b"{}"), format="api").dump())
 
 
 async def cancel(request: web.Request) -> web.StreamResponse:

@@ -73,7 +73,8 @@ class JobRunner:
     # ---- inputs -------------------------------------------------------------------------------------------
     async def place_inputs(self, workflow: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
         """The graph with core/ASSET references replaced by input file names, and the asset ids and blob
-        hashes it uses. 422 missing_asset names every reference that does not resolve."""
+        hashes it uses (marked busy in the asset store until `release_inputs`). 422 missing_asset names
+        every reference that does not resolve."""
         refs = find_refs(workflow)
         names: dict[str, str] = {}
         used: set[str] = set()
@@ -90,7 +91,9 @@ class JobRunner:
             else:
                 names[ref.id], hex_digest = placed
                 used.update({ref.id, hex_digest})
+                self.assets.busy[hex_digest] += 1
         if missing:
+            self.release_inputs(used)
             raise V2Error(
                 422,
                 "missing_asset",
@@ -98,6 +101,14 @@ class JobRunner:
                 {"missing_ids": missing},
             )
         return (substitute(workflow, names) if refs else dict(workflow)), used
+
+    def release_inputs(self, used: set[str]) -> None:
+        """The job record now holds them (or the submit failed)."""
+        for name in used:
+            if name in self.assets.busy:
+                self.assets.busy[name] -= 1
+                if self.assets.busy[name] <= 0:
+                    del self.assets.busy[name]
 
     async def _place(self, ref: AssetRef) -> tuple[str, str] | None:
         assert ref.id is not None

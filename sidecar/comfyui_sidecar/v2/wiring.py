@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -98,6 +99,8 @@ async def start(
         max_bytes=settings.asset_max_bytes,
     )
     await asyncio.to_thread(assets.reset)
+    # outputs of an earlier process of this sidecar: their jobs died with it
+    await asyncio.to_thread(shutil.rmtree, settings.output_dir / routes_jobs.OUTPUT_FOLDER, True)
     runner = JobRunner(
         comfy=comfy,
         store=store,

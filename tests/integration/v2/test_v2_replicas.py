@@ -203,3 +203,26 @@ async def test_prompt_status_is_found_through_any_pod(pair: list[Replica]) -> No
                 return response.status == 200 and (await response.json())["status"] == "succeeded"
 
         await wait_until(on_b, timeout_s=5)
+
+
+async def test_with_auth_on_the_pods_authenticate_to_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with replicas(tmp_path, 2, api_token="t0k") as (a, b):
+        with sdk_env(monkeypatch, a.url, api_key="t0k"):
+            via_a = AsyncComfy()
+        with sdk_env(monkeypatch, b.url, api_key="t0k"):
+            via_b = AsyncComfy()
+        try:
+            job = await via_a.submit(via_a.workflows.from_json(empty_image()), idempotency_key="auth-1")
+            remote = await via_b.jobs.get(job.id)
+            await remote.result()
+            assert len(await remote.outputs[0].to_bytes()) > 0
+            with pytest.raises(IdempotencyKeyReuse):
+                await via_b.submit(via_b.workflows.from_json(empty_image()), idempotency_key="auth-1")
+            assert [item.id async for item in via_b.list_jobs()] == [job.id]
+        finally:
+            await via_a.aclose()
+            await via_b.aclose()
+        async with aiohttp.ClientSession() as http, http.put(f"{a.url}/internal/v2/claims/{'0' * 64}") as r:
+            assert r.status == 401  # the peers' internal route needs the token too

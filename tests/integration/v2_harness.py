@@ -93,6 +93,16 @@ def sdk_env(monkeypatch: pytest.MonkeyPatch, base_url: str, api_key: str | None 
     yield
 
 
+async def until_running(job: Any, timeout_s: float = 10.0) -> None:
+    """Poll an SDK job handle (refresh) until ComfyUI runs it."""
+
+    async def running() -> bool:
+        await job.refresh()
+        return bool(job.status == "running")
+
+    await wait_until(running, timeout_s=timeout_s, interval_s=0.05)
+
+
 def empty_image(
     width: int = 32, height: int = 32, color: int = 0x336699, prefix: str = "v2"
 ) -> dict[str, Any]:

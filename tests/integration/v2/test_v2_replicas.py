@@ -24,6 +24,7 @@ from v2_harness import (
     sdk_env,
     slow_image,
     start_sidecar,
+    until_running,
     wait_ready,
 )
 
@@ -75,11 +76,7 @@ async def test_cancel_through_the_other_pod(pair: list[Replica], monkeypatch: py
     async with Client(a, monkeypatch) as via_a, Client(b, monkeypatch) as via_b:
         job = await via_a.submit(via_a.workflows.from_json(slow_image(seconds=20, steps=40)))
         remote = await via_b.jobs.get(job.id)
-        for _ in range(100):
-            await remote.refresh()
-            if remote.status == "running":
-                break
-            await asyncio.sleep(0.05)
+        await until_running(remote)
         await remote.cancel()
         await remote.wait(timeout=10)
         assert remote.status == "canceled"

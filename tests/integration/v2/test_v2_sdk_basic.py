@@ -14,7 +14,17 @@ import pytest
 from comfy_sdk import AsyncComfy, Comfy, OutputReady, Preview, Progress, StatusChange
 from comfy_sdk.exceptions import IdempotencyKeyReuse, JobFailed, MissingAsset, NotFound
 from comfy_sdk.workflows import Workflow
-from v2_harness import Replica, empty_image, invert, pixel, png_bytes, replicas, sdk_env, slow_image
+from v2_harness import (
+    Replica,
+    empty_image,
+    invert,
+    pixel,
+    png_bytes,
+    replicas,
+    sdk_env,
+    slow_image,
+    until_running,
+)
 
 
 @pytest.fixture
@@ -103,11 +113,7 @@ async def test_a_queued_job_reports_its_position_then_runs(client: AsyncComfy) -
 
 async def test_cancel_a_running_job(client: AsyncComfy) -> None:
     job = await client.submit(client.workflows.from_json(slow_image(seconds=20, steps=40)))
-    for _ in range(200):
-        await job.refresh()
-        if job.status == "running":
-            break
-        await asyncio.sleep(0.05)
+    await until_running(job)
     await job.cancel()
     assert job.status in ("canceling", "canceled")
     await job.wait(timeout=10)

@@ -133,6 +133,8 @@ class JobRecord:
     assets: frozenset[str] = frozenset()
     """Asset ids and blob hashes (hex) the job's inputs use: not deleted before it ends."""
     cancel_requested: bool = False
+    timed_out: bool = False
+    """Interrupted by the sidecar for running longer than PROMPT_TIMEOUT_S."""
     in_comfy: bool = False
     """True once ComfyUI accepted the prompt (a cancel must then go through ComfyUI)."""
     watchers: set[Watcher] = field(default_factory=set)

@@ -182,6 +182,7 @@ class JobStore:
         record.status = status
         record.error = error
         record.completed = time.time()
+        record.preview = None  # the latest preview only matters while the job runs
         if status == "succeeded":
             record.progress.finish()
             record.notify("progress")

@@ -278,7 +278,9 @@ class JobRunner:
 
     async def _watch(self, record: JobRecord) -> None:
         try:
-            execution = await self.comfy.wait(record.comfy_id, self.prompt_timeout_s)
+            # PROMPT_TIMEOUT_S counts from the start of execution (enforce_timeouts); the wait itself is
+            # bounded by the job's retention, however long it queues
+            execution = await self.comfy.wait(record.comfy_id, max(1.0, record.expires - time.time()))
         except ComfyError as error:
             self.store.finish(record, *self._failure(record, error))
             return
@@ -293,7 +295,22 @@ class JobRunner:
         self.store.finish(record, "succeeded")
         self._enforce_output_budget()
 
+    async def enforce_timeouts(self, interval_s: float = 1.0) -> None:
+        """Interrupt a v2 job that has been running longer than PROMPT_TIMEOUT_S (a background task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            record = self.store.running_record()
+            if record is None or record.origin != "v2" or record.timed_out or record.started is None:
+                continue
+            if time.time() - record.started > self.prompt_timeout_s:
+                record.timed_out = True
+                with contextlib.suppress(Exception):
+                    await self.comfy.cancel(record.comfy_id)
+
     def _failure(self, record: JobRecord, error: ComfyError) -> tuple[Any, Failure | None]:
+        if record.timed_out:
+            limit = f"{self.prompt_timeout_s:g} s"
+            return "failed", Failure("timeout", f"the job ran longer than PROMPT_TIMEOUT_S ({limit})")
         if error.message == "Prompt execution interrupted":
             if record.cancel_requested:
                 return "canceled", None

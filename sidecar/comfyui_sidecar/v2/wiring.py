@@ -134,9 +134,10 @@ async def start(
     )
     app[V2_KEY] = v2
     await peers.refresh()
-    tasks = [asyncio.get_running_loop().create_task(_retention(v2))]
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(_retention(v2)), loop.create_task(runner.enforce_timeouts())]
     if settings.peers_dns:
-        tasks.append(asyncio.get_running_loop().create_task(peers.run()))
+        tasks.append(loop.create_task(peers.run()))
     app[_TASKS] = tasks
     return v2
 

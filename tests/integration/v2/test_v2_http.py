@@ -306,3 +306,30 @@ class AsyncComfyEnv:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
         self.patch.undo()
+
+
+async def test_the_timeout_counts_from_the_start_of_execution(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with replicas(tmp_path, 1, prompt_timeout_s=1.5) as (one,):
+        jobs = [
+            (await submit(http, one.url, slow_image(seconds=s, steps=2, prefix=p)))[1]
+            for s, p in ((1.0, "a"), (1.0, "b"), (20.0, "c"))
+        ]
+
+        async def states() -> list[str]:
+            out = []
+            for job in jobs:
+                async with http.get(f"{one.url}{job['urls']['self']}") as response:
+                    out.append(await response.json())
+            return out
+
+        await wait_until(lambda: _all_terminal(states()), timeout_s=15)
+        first, second, third = await states()
+        assert first["status"] == second["status"] == "succeeded"  # b queued 1 s, ran 1 s: within 1.5 s
+        assert third["status"] == "failed"
+        assert third["error"]["code"] == "timeout"
+
+
+async def _all_terminal(pending: Any) -> bool:
+    return all(job["status"] in ("succeeded", "failed", "canceled", "expired") for job in await pending)

@@ -307,6 +307,7 @@ async def models(request: web.Request) -> web.Response:
                 "content type is not application/json, charset or Content-Encoding unsupported",
             ),
             422: (ErrorResponse, "convert_output: an image is larger than CONVERT_MAX_PIXELS"),
+            429: (ErrorResponse, "queue full (MAX_QUEUE_DEPTH); Retry-After says when to retry"),
             500: (ServerError, "ComfyUI failed to run the prompt (comfy_error has details)"),
             502: (ServerError, "ComfyUI unreachable or lost the prompt, or an upload failed"),
             503: (ServerError, "shutting down"),

@@ -13,7 +13,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from comfyui_sidecar.job_records import JobRecord
-from comfyui_sidecar.v2 import render, schemas
+from comfyui_sidecar.openapi import documented
+from comfyui_sidecar.v2 import docs, render, schemas
 from comfyui_sidecar.v2.context import V2_KEY
 from comfyui_sidecar.v2.links import HOP_HEADER
 
@@ -36,6 +37,7 @@ def body(record: JobRecord, position: int | None) -> dict[str, Any]:
     }
 
 
+@documented(docs.PROMPT_STATUS)
 async def prompt_status(request: web.Request) -> web.Response:
     v2 = request.app[V2_KEY]
     request_id = request.match_info["id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from aiohttp import web
 from comfyui_sidecar.app import create_app
 from comfyui_sidecar.fetching import NoDownloads
 from comfyui_sidecar.settings import Settings
-from comfyui_standin.testing import RunningStandin, free_port, run_standin
+from comfyui_standin.testing import RunningStandin, run_standin
 from PIL import Image
 from sidecar_harness import HOST, sidecar_settings, wait_until
 
@@ -36,12 +37,23 @@ class Replica:
     runner: web.AppRunner
 
 
-async def start_sidecar(settings: Settings, port: int) -> tuple[web.Application, web.AppRunner]:
+async def start_sidecar(
+    settings: Settings, port: int, sock: socket.socket | None = None
+) -> tuple[web.Application, web.AppRunner]:
+    """A sidecar on `port`, or on an already bound `sock` (so no other process can take the port first)."""
     app = create_app(settings, fetcher=NoDownloads())
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
-    await web.TCPSite(runner, HOST, port).start()
+    site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, HOST, port)
+    await site.start()
     return app, runner
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, 0))
+    return sock
 
 
 async def wait_ready(url: str) -> None:
@@ -61,7 +73,8 @@ async def replicas(
     base: Path, count: int = 2, *, exec_delay: float = 0.0, previews: bool = True, **overrides: Any
 ) -> AsyncIterator[list[Replica]]:
     """`count` sidecars (each with its own stand-in) that are each other's peers."""
-    ports = [free_port() for _ in range(count)]
+    sockets = [bound_socket() for _ in range(count)]
+    ports = [int(sock.getsockname()[1]) for sock in sockets]
     peers = ",".join(f"{NAMES[i]}=http://{HOST}:{port}" for i, port in enumerate(ports))
     async with contextlib.AsyncExitStack() as stack:
         started: list[Replica] = []
@@ -75,7 +88,7 @@ async def replicas(
             )
             values: dict[str, Any] = {"peer_name": NAMES[index], "peers": peers, "port": port, **overrides}
             settings = sidecar_settings(standin.url, standin.dirs, **values)
-            app, runner = await start_sidecar(settings, port)
+            app, runner = await start_sidecar(settings, port, sockets[index])
             stack.push_async_callback(runner.cleanup)
             started.append(Replica(NAMES[index], f"http://{HOST}:{port}", app, settings, standin, runner))
         for replica in started:

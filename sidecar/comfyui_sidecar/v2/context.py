@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
+from comfyui_sidecar import request_body
 from comfyui_sidecar.cluster.claims import Claims
 from comfyui_sidecar.cluster.client import PeerClient, PeerUnreachable
 from comfyui_sidecar.cluster.peers import Peers
 from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.metrics import Metrics
+from comfyui_sidecar.request_body import BodyError
 from comfyui_sidecar.v2 import ids
 from comfyui_sidecar.v2.assets import AssetStore
 from comfyui_sidecar.v2.errors import V2Error, invalid_request, not_found
@@ -96,20 +97,16 @@ async def locate(
     return Located("remote", parsed, url) if url is not None else Located("lost", parsed)
 
 
-async def read_json(request: web.Request, model: type[BaseModel], limit: int) -> Any:
-    """A JSON object body validated by `model`; 400 invalid_request (415/413 for the wrong type or size)."""
-    if request.content_type != "application/json":
-        raise V2Error(415, "invalid_request", "the body must be application/json")
-    if request.content_length is not None and request.content_length > limit:
-        raise V2Error(413, "payload_too_large", f"the body is larger than {limit} bytes")
+_BODY_CODES = {408: "request_timeout", 413: "payload_too_large"}
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
+    """A JSON object body (the sidecar's one JSON reader, request_body) validated by `model`; 400
+    invalid_request, or 408/413/415 for a slow, large or non-JSON body."""
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise V2Error(413, "payload_too_large", f"the body is larger than {limit} bytes") from None
-    try:
-        data = json.loads(raw)
-    except ValueError as error:
-        raise invalid_request(f"malformed JSON: {error}") from None
+        data = await request_body.read_json(request)
+    except BodyError as error:
+        raise V2Error(error.status, _BODY_CODES.get(error.status, "invalid_request"), error.message) from None
     if not isinstance(data, dict):
         raise invalid_request("the body must be a JSON object")
     try:

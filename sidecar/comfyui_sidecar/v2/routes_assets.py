@@ -12,7 +12,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from comfyui_sidecar.job_records import JobRecord, OutputFile
-from comfyui_sidecar.v2 import ids, render, schemas
+from comfyui_sidecar.openapi import documented
+from comfyui_sidecar.v2 import docs, ids, render, schemas
 from comfyui_sidecar.v2.assets import AssetError, AssetRecord, check_file_path
 from comfyui_sidecar.v2.context import V2, V2_KEY, locate, read_json
 from comfyui_sidecar.v2.errors import V2Error, invalid_request, not_found
@@ -65,6 +66,7 @@ async def _text_part(part: BodyPartReader) -> str:
     return data.decode("utf-8", "replace").strip()
 
 
+@documented(docs.UPLOAD)
 async def upload(request: web.Request) -> web.Response:
     v2 = request.app[V2_KEY]
     if not request.content_type.startswith("multipart/form-data"):
@@ -117,9 +119,10 @@ async def upload(request: web.Request) -> web.Response:
     )
 
 
+@documented(docs.FROM_HASH)
 async def from_hash(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
-    body = await read_json(request, schemas.FromHashRequest, 64 * 1024)
+    body = await read_json(request, schemas.FromHashRequest)
     hex_digest = body.hash.removeprefix("blake3:")
     if v2.assets.has_blob(hex_digest):
         try:
@@ -152,6 +155,7 @@ async def _peer_with_blob(v2: V2, hash_text: str) -> str | None:
     return None
 
 
+@documented(docs.BY_HASH)
 async def by_hash(request: web.Request) -> web.Response:
     v2 = request.app[V2_KEY]
     hash_text = request.match_info["hash"]
@@ -186,6 +190,7 @@ async def _local(
     return job, item
 
 
+@documented(docs.ASSET_GET)
 async def get_asset(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
     found = await _local(v2, request)
@@ -196,6 +201,7 @@ async def get_asset(request: web.Request) -> web.StreamResponse:
     return web.json_response(_output_asset_body(v2, request, *found))
 
 
+@documented(docs.ASSET_DELETE)
 async def delete_asset(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
     found = await _local(v2, request)
@@ -213,6 +219,7 @@ async def delete_asset(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+@documented(docs.CONTENT)
 async def content(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
     found = await _local(v2, request)
@@ -251,7 +258,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.post("/api/v2/assets", upload),
         web.post("/api/v2/assets/from-hash", from_hash),
-        web.head("/api/v2/assets/by-hash/{hash}", by_hash),
+        web.get("/api/v2/assets/by-hash/{hash}", by_hash),  # HEAD as the SDK sends it, and GET
         web.get("/api/v2/assets/{asset_id}", get_asset, allow_head=False),
         web.delete("/api/v2/assets/{asset_id}", delete_asset),
         web.get("/api/v2/assets/{asset_id}/content", content),

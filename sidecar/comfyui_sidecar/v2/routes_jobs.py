@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 from comfyui_sidecar.cluster.claims import ClaimsUnavailable
 from comfyui_sidecar.job_records import JobRecord
-from comfyui_sidecar.v2 import ids, render, schemas
+from comfyui_sidecar.openapi import documented
+from comfyui_sidecar.v2 import docs, ids, render, schemas
 from comfyui_sidecar.v2.context import V2, V2_KEY, locate, read_json
 from comfyui_sidecar.v2.errors import V2Error, invalid_request, not_found
 from comfyui_sidecar.v2.events import EventStream
@@ -33,9 +34,10 @@ def _job_body(v2: V2, request: web.Request, record: JobRecord) -> dict[str, Any]
     return render.job(v2.key, record, v2.ext(request), v2.store.queue_position(record))
 
 
+@documented(docs.SUBMIT)
 async def submit(request: web.Request) -> web.Response:
     v2 = request.app[V2_KEY]
-    body = await read_json(request, schemas.SubmitRequest, v2.max_body_bytes)
+    body = await read_json(request, schemas.SubmitRequest)
     labels = check_submit(body)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not schemas.IDEMPOTENCY_KEY.match(key):
@@ -74,6 +76,7 @@ async def submit(request: web.Request) -> web.Response:
     return _json(_job_body(v2, request, record), 201)
 
 
+@documented(docs.GET)
 async def get_job(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
     record = await _local_or_answer(v2, request)
@@ -101,6 +104,7 @@ async def _local_or_answer(v2: V2, request: web.Request) -> JobRecord | web.Stre
     raise not_found("job")
 
 
+@documented(docs.WORKFLOW)
 async def get_workflow(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
     record = await _local_or_answer(v2, request)
@@ -109,6 +113,7 @@ async def get_workflow(request: web.Request) -> web.StreamResponse:
     return _json(schemas.JobWorkflow(workflow=json.loads(record.graph or b"{}"), format="api").dump())
 
 
+@documented(docs.CANCEL)
 async def cancel(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
     record = await _local_or_answer(v2, request)
@@ -118,6 +123,7 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     return _json(_job_body(v2, request, record))
 
 
+@documented(docs.EVENTS)
 async def events(request: web.Request) -> web.StreamResponse:
     v2 = request.app[V2_KEY]
     record = await _local_or_answer(v2, request)
@@ -175,6 +181,7 @@ def _sort_key(item: dict[str, Any]) -> tuple[int, str]:
     return round(created.timestamp() * 1000), str(item["id"])
 
 
+@documented(docs.LIST)
 async def list_jobs(request: web.Request) -> web.Response:
     """Newest first across every peer: each peer pages its own jobs after the cursor; the pages merge."""
     v2 = request.app[V2_KEY]

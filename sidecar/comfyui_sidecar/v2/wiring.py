@@ -18,10 +18,11 @@ from comfyui_sidecar.cluster.peers import Peers
 from comfyui_sidecar.comfy_client import ComfyClient
 from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.metrics import Metrics
+from comfyui_sidecar.openapi import documented
 from comfyui_sidecar.previews import PreviewFrame
 from comfyui_sidecar.prompt_status import prompt_status
 from comfyui_sidecar.settings import Settings
-from comfyui_sidecar.v2 import routes_assets, routes_jobs
+from comfyui_sidecar.v2 import docs, routes_assets, routes_jobs
 from comfyui_sidecar.v2.assets import AssetStore
 from comfyui_sidecar.v2.context import V2, V2_KEY
 from comfyui_sidecar.v2.errors import V2Error, error_response
@@ -34,11 +35,13 @@ _TASKS = web.AppKey("v2_tasks", list)
 _SESSION = web.AppKey("v2_peer_session", aiohttp.ClientSession)
 
 
+@documented(docs.HEALTH)
 async def health(request: web.Request) -> web.Response:
     """Liveness of the v2 surface (open; does not ask ComfyUI)."""
     return web.json_response({"status": "healthy"})
 
 
+@documented(docs.CLAIM)
 async def claims_route(request: web.Request) -> web.Response:
     return await request.app[V2_KEY].claims.handle(request)
 
@@ -54,8 +57,11 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
         return error.response()
     except web.HTTPNotFound:
         return error_response(404, "not_found", f"no route {request.method} {request.path}")
-    except web.HTTPMethodNotAllowed:
-        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
+    except web.HTTPMethodNotAllowed as error:
+        message = f"{request.method} is not allowed on {request.path}"
+        response = error_response(405, "method_not_allowed", message)
+        response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))
+        return response
 
 
 def routes() -> list[web.RouteDef]:

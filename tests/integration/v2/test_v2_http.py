@@ -333,3 +333,17 @@ async def test_the_timeout_counts_from_the_start_of_execution(
 
 async def _all_terminal(pending: Any) -> bool:
     return all(job["status"] in ("succeeded", "failed", "canceled", "expired") for job in await pending)
+
+
+async def test_the_openapi_document_lists_the_v2_routes(one: Replica, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{one.url}/docs/json") as response:
+        document = await response.json()
+    paths = document["paths"]
+    assert set(paths["/api/v2/jobs"]["post"]["responses"]) >= {"201", "401", "422", "429"}
+    assert paths["/api/v2/jobs"]["post"]["requestBody"]
+    assert set(paths["/api/v2/assets/{asset_id}"]) == {"get", "delete"}
+    assert "204" in paths["/api/v2/assets/{asset_id}"]["delete"]["responses"]
+    assert "/api/v2/assets/by-hash/{hash}" in paths
+    assert "/prompt/{id}" in paths
+    assert "429" in paths["/prompt"]["post"]["responses"]
+    assert {"Job", "Asset", "ErrorEnvelope", "SubmitRequest"} <= set(document["components"]["schemas"])

@@ -7,6 +7,7 @@ each test: a missing key, a naive timestamp or an unknown enum value would raise
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -229,3 +230,22 @@ async def test_an_identical_rerun_gets_its_own_files(client: AsyncComfy, one: Re
     assert pixel(await b.to_bytes()) == (0x12, 0x34, 0x56)
     folders = list((one.settings.output_dir / "api-v2").iterdir())
     assert len(folders) == 1  # the first job's emptied folder is gone too
+
+
+def example_code(folder: Path) -> str:
+    """The first Python block of docs/api-v2.md, with the files it reads written into `folder`."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "api-v2.md").read_text()
+    (folder / "invert_api.json").write_text(json.dumps(invert("placeholder.png")))
+    (folder / "photo.png").write_bytes(png_bytes(color=(0, 0, 0)))
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_worked_example_in_the_docs_runs(
+    one: Replica, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Python block of docs/api-v2.md, as written, against a sidecar (in a thread: it is blocking)."""
+    code = example_code(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with sdk_env(monkeypatch, one.url):
+        await asyncio.to_thread(exec, compile(code, "docs/api-v2.md", "exec"), {})
+    assert pixel((tmp_path / "inverted.png").read_bytes()) == (255, 255, 255)

@@ -661,6 +661,7 @@ async def prestop_drain(app: web.Application) -> bool:
     deadline = time.monotonic() + settings.shutdown_grace_period_s
     finished = await app[SERVICE_KEY].wait_idle(settings.shutdown_grace_period_s)
     finished = await app[JOBS_KEY].wait_idle(max(0.0, deadline - time.monotonic())) and finished  # v2 jobs
+    await wiring.linger_for_downloads(app[JOBS_KEY], deadline)
     if not finished:
         log.warning("drain: prompts still running after %.0f s", settings.shutdown_grace_period_s)
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -146,6 +147,19 @@ async def start(
         tasks.append(loop.create_task(peers.run()))
     app[_TASKS] = tasks
     return v2
+
+
+DOWNLOAD_LINGER_S = 10.0
+
+
+async def linger_for_downloads(store: JobStore, deadline: float) -> None:
+    """Draining: a v2 job that just finished here has outputs only this pod holds, and its client fetches
+    them after its next poll; keep serving until DOWNLOAD_LINGER_S after the last one (within `deadline`)."""
+    last = max((r.completed or 0.0 for r in store.records() if r.origin == "v2" and r.outputs), default=0.0)
+    wait = min(last + DOWNLOAD_LINGER_S - time.time(), deadline - time.monotonic())
+    if wait > 0:
+        log.info("drain: serving the outputs of recently finished v2 jobs for %.0f s more", wait)
+        await asyncio.sleep(wait)
 
 
 def sweep(v2: V2) -> None:

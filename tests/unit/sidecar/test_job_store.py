@@ -200,3 +200,18 @@ async def test_peers_from_dns_are_named_by_ip_and_include_this_pod(monkeypatch: 
     answers.pop()
     await peers.refresh()
     assert "fd00::3" not in peers.names()
+
+
+async def test_a_draining_pod_keeps_serving_fresh_outputs_for_a_while() -> None:
+    from comfyui_sidecar.v2.wiring import linger_for_downloads
+
+    store = JobStore(retention_s=60, max_jobs=10)
+    started = time.monotonic()
+    await linger_for_downloads(store, started + 5)
+    assert time.monotonic() - started < 0.1  # nothing finished: no wait
+    record = store.new_record("a", "v2", "c", {})
+    store.add_outputs(record, [OutputFile(0, "9", "x.png", "image", "image/png", 1, 0.0)])
+    store.finish(record, "succeeded")
+    started = time.monotonic()
+    await linger_for_downloads(store, started + 0.3)  # bounded by the drain's deadline
+    assert 0.25 < time.monotonic() - started < 1.0

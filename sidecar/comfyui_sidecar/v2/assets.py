@@ -221,6 +221,9 @@ class AssetStore:
         """Evict the oldest assets no running job uses until `incoming` more bytes fit the budget."""
         if self.max_bytes <= 0:
             return
+        if incoming > self.max_bytes:
+            message = f"the file is larger than this pod's asset store ({self.max_bytes} bytes)"
+            raise AssetError(413, "payload_too_large", message)
         for record in sorted(self.records.values(), key=lambda r: r.created):
             if self.bytes_held + incoming <= self.max_bytes:
                 return

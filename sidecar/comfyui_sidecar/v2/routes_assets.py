@@ -72,11 +72,9 @@ async def upload(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/form-data"):
         raise V2Error(422, "invalid_request", "the upload must be multipart/form-data")
     limit = v2.max_body_bytes
+    if v2.assets.max_bytes > 0:
+        limit = min(limit, v2.assets.max_bytes)
     in_use = v2.store.assets_in_use()
-    try:
-        v2.assets.make_room(min(request.content_length or 0, limit), in_use)
-    except AssetError as error:
-        raise V2Error(error.status, error.code, error.message) from None
     fields: dict[str, str] = {}
     writer = None
     try:

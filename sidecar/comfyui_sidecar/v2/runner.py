@@ -235,11 +235,14 @@ class JobRunner:
                     break
                 parent = parent.parent
 
-    def _enforce_output_budget(self) -> None:
+    def _enforce_output_budget(self, newest: JobRecord) -> None:
+        """Over OUTPUT_MAX_BYTES: the oldest finished jobs expire early; the job that just finished stays
+        (its client has not fetched its outputs yet), even if it alone is over."""
         if self.output_max_bytes <= 0:
             return
         finished = sorted(
-            (r for r in self.store.records() if r.origin == "v2" and r.terminal), key=lambda r: r.seq
+            (r for r in self.store.records() if r.origin == "v2" and r.terminal and r is not newest),
+            key=lambda r: r.seq,
         )
         held = sum(o.size_bytes for r in self.store.records() if r.origin == "v2" for o in r.outputs)
         for record in finished:
@@ -293,7 +296,7 @@ class JobRunner:
             if isinstance(output, Mapping):
                 self.store.add_outputs(record, self.describe_outputs(record, str(node_id), output))
         self.store.finish(record, "succeeded")
-        self._enforce_output_budget()
+        self._enforce_output_budget(record)
 
     async def enforce_timeouts(self, interval_s: float = 1.0) -> None:
         """Interrupt a v2 job that has been running longer than PROMPT_TIMEOUT_S (a background task)."""

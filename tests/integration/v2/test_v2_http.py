@@ -347,3 +347,50 @@ async def test_the_openapi_document_lists_the_v2_routes(one: Replica, http: aioh
     assert "/prompt/{id}" in paths
     assert "429" in paths["/prompt"]["post"]["responses"]
     assert {"Job", "Asset", "ErrorEnvelope", "SubmitRequest"} <= set(document["components"]["schemas"])
+
+
+async def upload(http: aiohttp.ClientSession, url: str, data: bytes, name: str) -> aiohttp.ClientResponse:
+    form = aiohttp.FormData()
+    form.add_field("content_type", "application/octet-stream")
+    form.add_field("file_path", name)
+    form.add_field("file", data, filename=name)
+    return await http.post(f"{url}{API}/assets", data=form)
+
+
+async def test_the_asset_budget_evicts_the_oldest_unused_upload(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with replicas(tmp_path, 1, asset_max_bytes=3000) as (one,):
+        async with await upload(http, one.url, b"a" * 2000, "a.bin") as response:
+            first = await response.json()
+        async with await upload(http, one.url, b"b" * 2000, "b.bin") as response:
+            assert response.status == 201
+        async with http.get(f"{one.url}{API}/assets/{first['id']}") as response:
+            assert response.status == 404  # evicted to make room
+        async with await upload(http, one.url, b"c" * 4000, "c.bin") as response:
+            assert response.status == 413
+            envelope(await response.json(), "payload_too_large")
+        assert len(list((one.settings.input_dir / ".api-v2" / "blobs").iterdir())) == 1
+
+
+async def test_the_output_budget_expires_the_oldest_finished_jobs(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with replicas(tmp_path, 1, output_max_bytes=1) as (one,):  # every older job is over budget
+        jobs = []
+        for color in (1, 2):
+            _, body, _ = await submit(http, one.url, empty_image(width=4, height=4, color=color))
+            jobs.append(body)
+            await wait_until(lambda b=body: _status_is(http, one.url, b, "succeeded"), timeout_s=5)
+        async with http.get(f"{one.url}{jobs[0]['urls']['self']}") as response:
+            old = await response.json()
+        assert old["status"] == "expired"
+        assert old["error"]["code"] == "outputs_evicted"
+        assert old["outputs"] == []
+        async with http.get(f"{one.url}{jobs[1]['urls']['self']}") as response:
+            assert (await response.json())["status"] == "succeeded"
+
+
+async def _status_is(http: aiohttp.ClientSession, url: str, job: dict[str, Any], status: str) -> bool:
+    async with http.get(f"{url}{job['urls']['self']}") as response:
+        return bool((await response.json())["status"] == status)

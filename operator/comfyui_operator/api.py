@@ -400,6 +400,50 @@ class Webhook(ApiModel):
     )
 
 
+class ApiAuth(ApiModel):
+    """Bearer-token authentication of the sidecar's HTTP API (the token is read from a Secret by the pod)."""
+
+    token_secret_ref: SecretKeyRef = Field(
+        description="Secret key with the bearer token (API_TOKEN); clients send it as "
+        "'Authorization: Bearer <token>'.",
+    )
+    scope: Literal["v2", "all"] = Field(
+        default="v2",
+        description="v2: the token guards /api/v2 only; all: also the comfyui-api routes (/prompt, "
+        "/interrupt, /models, /download). /health, /ready, /metrics and /docs stay open.",
+    )
+
+
+PUBLIC_URL = r"^https?://[^/?#\s]+(/[^?#\s]*)?$"
+
+
+class Api(ApiModel):
+    """Comfy API v2 (/api/v2, for the official Comfy SDKs) and authentication, served by every replica."""
+
+    auth: ApiAuth | None = Field(default=None, description="Require a bearer token (default: no auth).")
+    public_base_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=PUBLIC_URL,
+        description="External URL clients use (e.g. https://gw.example/comfy): absolute output URLs are "
+        "built from it and its path prefixes the job links.",
+    )
+    trust_forwarded_headers: bool = Field(
+        default=False,
+        description="Build external URLs from X-Forwarded-Proto/-Host/-Prefix; only behind a proxy that "
+        "sets them.",
+    )
+    job_retention_seconds: int = Field(
+        default=86400,
+        ge=60,
+        le=604800,
+        description="How long a v2 job and its outputs stay readable (then 404).",
+    )
+    max_event_streams: int = Field(
+        default=100, ge=1, le=10000, description="Open v2 event streams per pod (more get 429)."
+    )
+
+
 class Toleration(ApiModel):
     """A Kubernetes toleration."""
 
@@ -551,6 +595,11 @@ class ComfyUIInstanceSpec(ApiModel):
         default=None, description="Hugging Face token (Secret reference)."
     )
     webhook: Webhook | None = Field(default=None, description="Webhook signing secret (Secret reference).")
+    api: Api = Field(
+        default_factory=Api,
+        json_schema_extra={"default": {}},
+        description="Comfy API v2 and bearer-token auth of the sidecar's HTTP API.",
+    )
     extra_volumes: Annotated[list[ExtraVolume], Field(max_length=16)] | None = Field(
         default=None, description="Extra pod volumes for comfyui.extraVolumeMounts."
     )

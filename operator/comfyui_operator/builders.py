@@ -301,7 +301,43 @@ def drain_wait_seconds(spec: api.ComfyUIInstanceSpec) -> int:
     return max(0, termination_grace_seconds(spec) - DRAIN_DELAY_SECONDS - STOP_MARGIN_SECONDS)
 
 
-def sidecar_env(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
+def peers_service_name(instance: InstanceRef) -> str:
+    """The headless Service whose DNS records are the pods (the sidecars' peers)."""
+    return f"{instance.name}-peers"
+
+
+def api_env(
+    instance: InstanceRef, spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """Comfy API v2, auth and peer discovery (comfyui_sidecar.v2.settings). Each pod names itself by its IP;
+    ids are tagged with the instance's UID; uploads and kept outputs may use half of their emptyDirs."""
+    spec_api = spec.api
+    env: list[dict[str, Any]] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {
+            "name": "PEERS_DNS",
+            "value": f"{peers_service_name(instance)}.{instance.namespace}.svc.{settings.cluster_domain}",
+        },
+        {"name": "PEER_PORT", "value": str(SIDECAR_PORT)},
+        {"name": "ID_KEY", "value": instance.uid},
+        {"name": "JOB_RETENTION_S", "value": str(spec_api.job_retention_seconds)},
+        {"name": "MAX_EVENT_STREAMS", "value": str(spec_api.max_event_streams)},
+        {"name": "ASSET_MAX_BYTES", "value": str(int(parse_quantity(spec.input.size_limit)) // 2)},
+        {"name": "OUTPUT_MAX_BYTES", "value": str(int(parse_quantity(spec.output.size_limit)) // 2)},
+    ]
+    if spec_api.public_base_url:
+        env.append({"name": "PUBLIC_BASE_URL", "value": spec_api.public_base_url})
+    if spec_api.trust_forwarded_headers:
+        env.append({"name": "TRUST_FORWARDED_HEADERS", "value": "true"})
+    if spec_api.auth is not None:
+        env.append(_secret_env("API_TOKEN", spec_api.auth.token_secret_ref))
+        env.append({"name": "API_TOKEN_SCOPE", "value": spec_api.auth.scope})
+    return env
+
+
+def sidecar_env(
+    instance: InstanceRef, spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
+) -> list[dict[str, Any]]:
     """Environment of the sidecar, named as in comfyui_sidecar.settings (upstream comfyui-api names)."""
     env: list[dict[str, Any]] = [
         {"name": "SIDECAR_MODE", "value": "attach"},
@@ -329,7 +365,7 @@ def sidecar_env(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
         env.append(_secret_env("HF_TOKEN", spec.hugging_face.token_secret_ref))
     if spec.webhook is not None:
         env.append(_secret_env("WEBHOOK_SECRET", spec.webhook.secret_ref))
-    return [*env, *_env(spec.sidecar.env)]
+    return [*env, *api_env(instance, spec, settings), *_env(spec.sidecar.env)]
 
 
 def _probe(
@@ -352,7 +388,9 @@ def _probe(
     return probe
 
 
-def build_sidecar_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSettings) -> dict[str, Any]:
+def build_sidecar_container(
+    instance: InstanceRef, spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
+) -> dict[str, Any]:
     side = spec.sidecar
     mounts = _shared_mounts(spec, cache_read_only=False)
     if spec.warmup is not None and spec.warmup.config_map_ref is not None:
@@ -362,7 +400,7 @@ def build_sidecar_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSet
         "image": side.image or settings.sidecar_image,
         "imagePullPolicy": side.image_pull_policy,
         "ports": [{"name": "http", "containerPort": SIDECAR_PORT, "protocol": "TCP"}],
-        "env": sidecar_env(spec),
+        "env": sidecar_env(instance, spec, settings),
         "resources": _resources(side.resources),
         "volumeMounts": mounts,
         # /health answers as soon as the sidecar listens (start-up downloads run in the background); ComfyUI
@@ -466,7 +504,7 @@ def build_pod_spec(
         },
         # The sidecar is a native sidecar (restartable init container): it listens before ComfyUI starts (so
         # ComfyUI can be probed through it) and is stopped only after ComfyUI, whose preStop hook drains it.
-        "initContainers": [build_sidecar_container(spec, settings)],
+        "initContainers": [build_sidecar_container(instance, spec, settings)],
         "containers": [build_comfyui_container(spec, settings)],
         "volumes": build_volumes(instance, spec),
     }
@@ -530,6 +568,22 @@ def build_service(instance: InstanceRef, spec: api.ComfyUIInstanceSpec) -> dict[
     }
 
 
+def build_peers_service(instance: InstanceRef, spec: api.ComfyUIInstanceSpec) -> dict[str, Any]:
+    """Headless, with not-ready pods too: a sidecar finds the pod that owns a job by its IP even while that
+    pod is not ready (queue full, draining), and a forged id can only ever name one of these pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(instance, peers_service_name(instance)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(instance),
+            "ports": [{"name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
 def wants_pdb(spec: api.ComfyUIInstanceSpec) -> bool:
     return spec.replicas > 1
 
@@ -555,6 +609,7 @@ def build_all(
     objects = [
         build_config_map(instance, spec),
         build_service(instance, spec),
+        build_peers_service(instance, spec),
         build_deployment(instance, spec, settings),
     ]
     if wants_pdb(spec):

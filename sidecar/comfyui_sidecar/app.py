@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from comfyui_sidecar import jsonbody, request_body
+from comfyui_sidecar import auth, jsonbody, request_body
 from comfyui_sidecar.cache import ModelCache
 from comfyui_sidecar.cache.manifest import ManifestPreload
 from comfyui_sidecar.cache.routes import download_routes
@@ -34,6 +34,7 @@ from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyErr
 from comfyui_sidecar.convert import ImageTooLarge
 from comfyui_sidecar.egress.outbound import Egress
 from comfyui_sidecar.fetching import Fetcher
+from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.lifecycle import Lifecycle, State
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import (
@@ -53,6 +54,8 @@ from comfyui_sidecar.request_body import BODY_LIMITS_KEY, BodyError, ClientAbort
 from comfyui_sidecar.settings import Settings
 from comfyui_sidecar.system_events import SystemEvents, metadata_from, parse_events
 from comfyui_sidecar.uploads import Uploader, UploadError
+from comfyui_sidecar.v2 import wiring
+from comfyui_sidecar.v2.context import V2_KEY
 from comfyui_sidecar.webhooks import RetryPolicy, WebhookSender
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -67,6 +70,7 @@ STOP_KEY = web.AppKey("stop", asyncio.Event)
 SYSTEM_EVENTS_KEY = web.AppKey("system_events", SystemEvents)
 EGRESS_KEY = web.AppKey("egress", Egress)
 UPLOADER_KEY = web.AppKey("uploader", Uploader)
+JOBS_KEY = web.AppKey("jobs", JobStore)
 
 log = logging.getLogger(__name__)
 COMFYUI_STATE = {
@@ -231,8 +235,18 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+def queue_depth(app: web.Application) -> int:
+    """Accepted unfinished prompts and jobs of this pod (or ComfyUI's own count, when higher)."""
+    return max(app[JOBS_KEY].active_count(), app[COMFY_KEY].queue_remaining)
+
+
+def queue_full(app: web.Application) -> bool:
+    limit = app[SETTINGS_KEY].max_queue_depth
+    return limit > 0 and queue_depth(app) >= limit
+
+
 def is_ready(app: web.Application) -> bool:
-    ready = app[STATE_KEY].ready(app[SETTINGS_KEY].max_queue_depth, app[COMFY_KEY].queue_remaining)
+    ready = app[STATE_KEY].ready(app[SETTINGS_KEY].max_queue_depth, queue_depth(app))
     app[METRICS_KEY].ready.set(1 if ready else 0)
     return ready
 
@@ -311,6 +325,7 @@ async def models(request: web.Request) -> web.Response:
                 "content type is not application/json, charset or Content-Encoding unsupported",
             ),
             422: (ErrorResponse, "convert_output: an image is larger than CONVERT_MAX_PIXELS"),
+            429: (ErrorResponse, "queue full (MAX_QUEUE_DEPTH); Retry-After says when to retry"),
             500: (ServerError, "ComfyUI failed to run the prompt (comfy_error has details)"),
             502: (ServerError, "ComfyUI unreachable or lost the prompt, or an upload failed"),
             503: (ServerError, "shutting down"),
@@ -335,6 +350,11 @@ async def prompt(request: web.Request) -> web.StreamResponse:
         return parsed
     if app[STATE_KEY].stopping:
         return server_error(503, "The sidecar is shutting down and takes no new prompts")
+    if queue_full(app):
+        retry = app[SETTINGS_KEY].retry_after_s
+        response = json_response({"error": f"The queue is full (MAX_QUEUE_DEPTH); retry in {retry} s"}, 429)
+        response.headers["Retry-After"] = str(retry)
+        return response
     service = app[SERVICE_KEY]
     try:
         prepared = await service.prepare(parsed, started)
@@ -423,6 +443,8 @@ async def docs_html(request: web.Request) -> web.Response:
 )
 async def metrics(request: web.Request) -> web.Response:
     is_ready(request.app)
+    if V2_KEY in request.app:
+        wiring.update_gauges(request.app[V2_KEY])
     # The app's own registry, then the process-wide one (cache metrics, process_* and python_* collectors).
     data = generate_latest(request.app[METRICS_KEY].registry) + generate_latest(REGISTRY)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -452,7 +474,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as error:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = server_error(500, f"Internal error: {type(error).__name__}")
-    app_metrics.requests.labels(route=app_metrics.route_label(request.path), code=str(response.status)).inc()
+    route = request.match_info.route.resource if request.match_info.route else None
+    label = app_metrics.route_label(request.path, route.canonical if route is not None else None)
+    app_metrics.requests.labels(route=label, code=str(response.status)).inc()
     if request.app[STATE_KEY].draining:
         # Keep-alive connections would keep reaching this pod after it left the Service.
         response.force_close()
@@ -497,11 +521,15 @@ def create_app(
     settings: Settings, *, fetcher: Fetcher | None = None, start_lifecycle: bool = True
 ) -> web.Application:
     """The sidecar application. `fetcher` defaults to `build_fetcher(settings)`."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[observe, auth.middleware(settings.token(), settings.api_token_scope), wiring.envelope],
+    )
     app[SETTINGS_KEY] = settings
     app[BODY_LIMITS_KEY] = body_limits(settings)
     app[EGRESS_KEY] = build_egress(settings)
     app[FETCHER_KEY] = fetcher if fetcher is not None else build_fetcher(settings, app[EGRESS_KEY])
+    app[JOBS_KEY] = JobStore(retention_s=settings.job_retention_s, max_jobs=settings.max_retained_jobs)
     app[STATE_KEY] = State()
     app[METRICS_KEY] = Metrics()
     app[STOP_KEY] = asyncio.Event()
@@ -519,6 +547,7 @@ def create_app(
             web.get("/docs/json", docs_json),
             web.get("/docs/yaml", docs_yaml),
             web.get("/metrics", metrics),
+            *wiring.routes(),
         ]
     )
     chosen = app[FETCHER_KEY]
@@ -576,9 +605,24 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
     app[WEBHOOKS_KEY] = webhooks
     app[UPLOADER_KEY] = Uploader(egress, settings)
     service = PromptService(
-        settings, comfy, app[FETCHER_KEY], webhooks, app_metrics, uploader=app[UPLOADER_KEY]
+        settings,
+        comfy,
+        app[FETCHER_KEY],
+        webhooks,
+        app_metrics,
+        uploader=app[UPLOADER_KEY],
+        jobs=app[JOBS_KEY],
     )
     app[SERVICE_KEY] = service
+    await wiring.start(
+        app,
+        settings=settings,
+        comfy=comfy,
+        store=app[JOBS_KEY],
+        metrics=app_metrics,
+        queue_full=lambda: queue_full(app),
+        draining=lambda: state.stopping,
+    )
     if settings.system_webhook_url:
         events = parse_events(settings.system_webhook_events)
         system = SystemEvents(
@@ -648,7 +692,10 @@ async def prestop_drain(app: web.Application) -> bool:
     state.draining = True
     log.info("drain: /ready is 503; taking prompts for %.0f s more, then waiting", settings.drain_delay_s)
     await asyncio.sleep(settings.drain_delay_s)
+    deadline = time.monotonic() + settings.shutdown_grace_period_s
     finished = await app[SERVICE_KEY].wait_idle(settings.shutdown_grace_period_s)
+    finished = await app[JOBS_KEY].wait_idle(max(0.0, deadline - time.monotonic())) and finished  # v2 jobs
+    await wiring.linger_for_downloads(app[JOBS_KEY], deadline)
     if not finished:
         log.warning("drain: prompts still running after %.0f s", settings.shutdown_grace_period_s)
 
@@ -670,11 +717,14 @@ async def drain(app: web.Application, grace_s: float) -> bool:
     state.stopping = True
     deadline = time.monotonic() + grace_s
     finished = await app[SERVICE_KEY].wait_idle(grace_s)
+    jobs_done = await app[JOBS_KEY].wait_idle(max(0.0, deadline - time.monotonic()))  # v2 jobs too
+    finished = finished and jobs_done
     await app[WEBHOOKS_KEY].drain(max(0.0, deadline - time.monotonic()))
     return finished
 
 
 async def _cleanup(app: web.Application) -> None:
+    await wiring.stop(app)
     background = app[_BACKGROUND]
     for task in background:
         task.cancel()

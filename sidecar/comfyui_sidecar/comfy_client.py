@@ -22,12 +22,14 @@ from typing import Any
 import aiohttp
 
 from comfyui_sidecar.outputs import OutputRef
+from comfyui_sidecar.previews import FEATURE_FLAGS, PreviewFrame, parse_preview
 
 log = logging.getLogger(__name__)
 
 
-# Frequent messages the sidecar does not use, skipped before parsing when ComfyUI's json.dumps layout is seen.
-IGNORABLE_EVENTS = ("progress_state", "progress", "execution_cached")
+# Frequent messages the sidecar does not use (the job store reads `progress` and `execution_cached`), skipped
+# before parsing when ComfyUI's json.dumps layout is seen, unless system webhooks want them.
+IGNORABLE_EVENTS = ("progress_state",)
 _IGNORED_PREFIXES = tuple(f'{{"type": "{name}"' for name in IGNORABLE_EVENTS)
 CONTROL_TIMEOUT_S = 10.0
 """Bound on control calls to ComfyUI (cancel, outputs from /history, reconcile after a reconnect), so a
@@ -154,6 +156,9 @@ class ComfyClient:
         self._on_queue_depth = on_queue_depth
         self._on_connection = on_connection
         self.on_event = on_event
+        self.listeners: list[Callable[[Mapping[str, Any]], None]] = []
+        """Called with every parsed message after `on_event` (the job store)."""
+        self.on_preview: Callable[[PreviewFrame], None] | None = None
         self.skipped_prefixes = _IGNORED_PREFIXES
         self._waiters: dict[str, _Waiter] = {}
         self._closing = False
@@ -172,11 +177,18 @@ class ComfyClient:
             return False
 
     async def queue(
-        self, prompt: Mapping[str, Any], prompt_id: str, *, timeout_s: float | None = None
+        self,
+        prompt: Mapping[str, Any],
+        prompt_id: str,
+        *,
+        timeout_s: float | None = None,
+        extra_data: Mapping[str, Any] | None = None,
     ) -> None:
         """POST /prompt with our client_id and prompt id. Raises ComfyRejected (400) or ComfyError (502, or
         504 when ComfyUI does not answer within `timeout_s`)."""
-        body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
+        body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
+        if extra_data:
+            body["extra_data"] = dict(extra_data)
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.session.post(f"{self.base_url}/prompt", json=body) as response:
@@ -221,9 +233,15 @@ class ComfyClient:
         return running | pending
 
     async def cancel(self, prompt_id: str) -> bool:
-        """Stop a prompt: remove it from the queue when pending (ComfyUI's interrupt only reaches the running
-        prompt), interrupt it when running. A removed prompt's waiter ends as interrupted. False when ComfyUI
-        does not answer within CONTROL_TIMEOUT_S."""
+        """Stop a prompt (see `cancel_detail`); False when it was neither pending nor running, or ComfyUI did
+        not answer within CONTROL_TIMEOUT_S."""
+        return await self.cancel_detail(prompt_id) in ("dequeued", "interrupting")
+
+    async def cancel_detail(self, prompt_id: str) -> str:
+        """Stop a prompt as ComfyUI allows it per prompt: remove it from the queue when pending (`/interrupt`
+        only reaches the running prompt) -> "dequeued", its waiter ends as interrupted; `POST /interrupt
+        {prompt_id}` when running -> "interrupting" (ComfyUI then sends `execution_interrupted`). "absent"
+        when it is in neither list, "failed" when ComfyUI does not answer."""
         try:
             async with asyncio.timeout(CONTROL_TIMEOUT_S):
                 running, pending = await self.queue_state()
@@ -236,10 +254,12 @@ class ComfyClient:
                     waiter = self._waiters.get(prompt_id)
                     if waiter is not None:
                         _settle(waiter, ComfyError(500, "Prompt execution interrupted"))
-                    return True
-                return prompt_id in running and await self.interrupt(prompt_id)
+                    return "dequeued"
+                if prompt_id not in running:
+                    return "absent"
+                return "interrupting" if await self.interrupt(prompt_id) else "failed"
         except (aiohttp.ClientError, ValueError, TimeoutError):
-            return False
+            return "failed"
 
     async def interrupt(self, prompt_id: str) -> bool:
         try:
@@ -373,6 +393,7 @@ class ComfyClient:
                     f"{self.base_url}/ws?clientId={self.client_id}", heartbeat=self._heartbeat_s
                 ) as ws:
                     self._ws = ws
+                    await ws.send_json(FEATURE_FLAGS)
                     backoff = 0.05
                     if lost_since is not None:
                         # bounded: waiters left unchecked still poll /history until their own deadline
@@ -437,6 +458,10 @@ class ComfyClient:
                         self.handle_event(event)
                     except Exception:  # an odd message must not end the websocket task
                         log.exception("could not handle a ComfyUI websocket message")
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                preview = parse_preview(message.data) if self.on_preview is not None else None
+                if preview is not None and self.on_preview is not None:
+                    self.on_preview(preview)
             elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                 break
 
@@ -444,6 +469,8 @@ class ComfyClient:
         """Apply one websocket message (public for tests with recorded transcripts)."""
         if self.on_event is not None:
             self.on_event(event)
+        for listener in self.listeners:
+            listener(event)
         kind = event.get("type")
         data = event.get("data")
         if not isinstance(data, dict):

@@ -18,6 +18,7 @@ ROUTES = frozenset(
         "/docs/yaml",
         "/metrics",
         "/download",
+        "/prompt/{id}",
     }
 )
 
@@ -68,14 +69,38 @@ class Metrics:
             "comfyui_api_comfy_connected", "1 while the websocket to ComfyUI is open", registry=self.registry
         )
         self.ready = Gauge("comfyui_api_ready", "1 while /ready answers 200", registry=self.registry)
+        self.jobs = Gauge(
+            "comfyui_api_jobs",
+            "Jobs of this pod (comfyui-api prompts and v2 jobs) by state, kept until their retention ends",
+            ["state"],
+            registry=self.registry,
+        )
+        self.event_streams = Gauge(
+            "comfyui_api_event_streams", "Open /api/v2 job event streams", registry=self.registry
+        )
+        self.asset_bytes = Gauge(
+            "comfyui_api_asset_bytes",
+            "Bytes held for v2: uploaded assets (upload) and kept job outputs (output)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.forwarded = Counter(
+            "comfyui_api_forwarded_requests",
+            "Requests this pod passed to the peer that owns the job or asset, by result",
+            ["result"],
+            registry=self.registry,
+        )
         self.build_info = Gauge(
             "comfyui_api_build_info", "Contract version served", ["version"], registry=self.registry
         )
         self.build_info.labels(version=VERSION).set(1)
 
-    def route_label(self, path: str) -> str:
+    def route_label(self, path: str, canonical: str | None = None) -> str:
+        """A bounded label: the known paths, the matched route pattern of /api/v2 and /prompt/{id}."""
         if path in ROUTES:
             return path
+        if canonical is not None and (canonical in ROUTES or canonical.startswith(("/api/v2", "/internal/"))):
+            return canonical
         if path.startswith("/docs"):
             return "/docs"
         return "other"

@@ -23,13 +23,9 @@ from typing import Any
 
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected, OutputMissing
 from comfyui_sidecar.convert import ImageTooLarge, convert_image
-from comfyui_sidecar.fetching import (
-    Credential,
-    Fetcher,
-    FetchError,
-    apply_fetched,
-    describe_failure,
-)
+from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
+from comfyui_sidecar.job_records import Failure
+from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.jsonbody import Base64List, Base64Str, b64decode_sliced
 from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import Metrics
@@ -199,9 +195,14 @@ class PromptService:
         metrics: Metrics,
         *,
         uploader: Uploader | None = None,
+        jobs: JobStore | None = None,
     ) -> None:
         self.settings = settings
         self.uploader = uploader
+        self.jobs = jobs or JobStore(
+            retention_s=settings.job_retention_s, max_jobs=settings.max_retained_jobs
+        )
+        """The pod's job store, shared with Comfy API v2: every prompt is a job there too."""
         self.comfy = comfy
         self.fetcher = fetcher
         self.webhooks = webhooks
@@ -244,18 +245,22 @@ class PromptService:
         await self._check_targets(request)
         self._enter(request.id)
         stack = contextlib.AsyncExitStack()
+        raw = {k: n.model_dump(by_alias=True, exclude_none=True) for k, n in request.prompt.items()}
+        record = self.jobs.new_record(request.id, "prompt", str(uuid.uuid4()), raw)
         try:
             prepared = await self._prepare(request, started, stack)
+            prepared.comfy_prompt_id = record.comfy_id
         except PrepareError as error:
             await stack.aclose()
             self._leave(request.id)
-            raw = {k: n.model_dump(by_alias=True, exclude_none=True) for k, n in request.prompt.items()}
+            self.jobs.finish(record, "failed", Failure("rejected", error.message))
             self._send_failed(request, raw, error.message)
             self.metrics.prompt_duration.labels(outcome="rejected").observe(time.monotonic() - started)
             raise
         except BaseException:
             await stack.aclose()
             self._leave(request.id)
+            self.jobs.finish(record, "failed", Failure("internal_error", "the prompt could not be prepared"))
             raise
         return prepared
 
@@ -338,21 +343,39 @@ class PromptService:
         """Run a prepared prompt; return the result.
         Raises ComfyError, ComfyRejected, UploadError or ImageTooLarge."""
         outcome = "failed"
+        failure: Failure | None = Failure("failed", "the prompt failed")
         try:
             result = await self._execute_and_deliver(prepared)
-            outcome = "success"
+            outcome, failure = "success", None
             self._remember_finished(prepared.request.id)
             return result
         except ComfyError as error:
             outcome = {504: "timeout", 502: "unreachable"}.get(error.status, "failed")
+            failure = Failure(outcome, error.message)
             raise
-        except ComfyRejected:
+        except ComfyRejected as error:
             outcome = "rejected"
+            failure = Failure("invalid_workflow", error.message)
+            raise
+        except UploadError as error:
+            failure = Failure("upload_failed", str(error))
             raise
         finally:
             await prepared.cleanup.aclose()
             self.metrics.prompt_duration.labels(outcome=outcome).observe(time.monotonic() - prepared.started)
             self._leave(prepared.request.id)
+            self._record_end(prepared, failure)
+
+    def _record_end(self, prepared: Prepared, failure: Failure | None) -> None:
+        record = self.jobs.by_comfy(prepared.comfy_prompt_id)
+        if record is None:
+            return
+        if failure is None:
+            self.jobs.finish(record, "succeeded")
+        elif record.cancel_requested and "interrupted" in failure.message:
+            self.jobs.finish(record, "canceled")
+        else:
+            self.jobs.finish(record, "failed", failure)
 
     def _remember_finished(self, request_id: str) -> None:
         self.finished[request_id] = None
@@ -556,13 +579,20 @@ class PromptService:
 
     # ---- interrupt / shutdown ------------------------------------------------------------------------------
     def api_id_for(self, comfy_prompt_id: str) -> str | None:
-        """The request id of an in-flight ComfyUI prompt id (for system webhooks)."""
-        return self.api_ids.get(comfy_prompt_id)
+        """The request id (or v2 job id) of an in-flight ComfyUI prompt id (for system webhooks)."""
+        known = self.api_ids.get(comfy_prompt_id)
+        if known is None:
+            record = self.jobs.by_comfy(comfy_prompt_id)
+            known = record.id if record is not None and not record.terminal else None
+        return known
 
     async def interrupt(self, request_id: str) -> bool:
         comfy_id = self.comfy_ids.get(request_id)
         if comfy_id is None:
             return False
+        record = self.jobs.by_comfy(comfy_id)
+        if record is not None:
+            self.jobs.mark_canceling(record)
         return await self.comfy.cancel(comfy_id)
 
     async def wait_idle(self, timeout_s: float) -> bool:

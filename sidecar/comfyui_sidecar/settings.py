@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from comfyui_sidecar.cache.settings import CacheSettings
 from comfyui_sidecar.fetching import header_name, header_value
 from comfyui_sidecar.system_events import parse_events
+from comfyui_sidecar.v2.settings import ApiSettings
 
 
 def _under_home(name: str) -> Any:
@@ -81,7 +82,8 @@ class SidecarSettings(BaseSettings):
     max_queue_depth: int = Field(
         0,
         ge=0,
-        description="/ready answers 503 while ComfyUI's queue holds this many prompts (0 = no limit).",
+        description="At this many accepted unfinished prompts and jobs (or ComfyUI queue entries) new "
+        "submits get 429 with Retry-After and /ready answers 503 (0 = no limit).",
     )
     prepend_filenames: bool = Field(
         True,
@@ -248,5 +250,5 @@ class SidecarSettings(BaseSettings):
         return self.webhook_secret.get_secret_value() if self.webhook_secret else ""
 
 
-class Settings(SidecarSettings, CacheSettings):
+class Settings(SidecarSettings, CacheSettings, ApiSettings):
     """All settings of the sidecar process. Other areas add mixins to the bases of this class."""

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+
 
 @dataclass(frozen=True)
 class StandinConfig:
@@ -23,6 +25,8 @@ class StandinConfig:
     extra_model_paths_configs: tuple[Path, ...] = ()
     exec_delay: float = 0.0
     startup_delay: float = 0.0
+    preview_method: str = "none"
+    """none: no previews (ComfyUI's default); otherwise samplers send a JPEG preview per step."""
     max_upload_size: int = 100 * 1024 * 1024
     argv: tuple[str, ...] = field(default_factory=tuple)
     ignored_args: tuple[str, ...] = ()  # ComfyUI flags the stand-in does not know; warned about and ignored
@@ -87,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--startup-delay", type=float, default=0.0, help="stand-in only: seconds before listening"
     )
+    parser.add_argument(
+        "--preview-method",
+        choices=PREVIEW_METHODS,
+        default="none",
+        help="none (default), or a method: KSampler and StandinSleep then send a JPEG preview per step",
+    )
     # Accepted for compatibility with ComfyUI's command line, and ignored.
     for flag in (
         "--cpu",
@@ -121,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in (
         "--cuda-device",
-        "--preview-method",
         "--database-url",
         "--front-end-version",
         "--verbose",
@@ -156,6 +165,7 @@ def parse_args(argv: Sequence[str]) -> StandinConfig:
         extra_model_paths_configs=tuple(p.resolve() for p in ns.extra_model_paths_config),
         exec_delay=ns.exec_delay,
         startup_delay=ns.startup_delay,
+        preview_method=ns.preview_method,
         max_upload_size=int(ns.max_upload_size * 1024 * 1024),
         argv=("main.py", *argv),
         ignored_args=tuple(unknown),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import io
 import itertools
 import logging
 import threading
@@ -13,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from PIL import Image
 
 from comfyui_standin import graph
 from comfyui_standin.nodes import (
@@ -27,6 +30,9 @@ from comfyui_standin.nodes import (
 
 log = logging.getLogger("comfyui_standin")
 MAX_HISTORY = 10_000
+PREVIEW_EVENT = "__preview__"
+"""Outbox name of a binary preview frame: data {"image": JPEG bytes, "metadata": {...}}."""
+PREVIEW_SIZE = 512
 QUICK_PIXELS = 256 * 256
 # (event, data, sid): sid None means every socket.
 Send = Callable[[str, dict[str, Any], str | None], None]
@@ -65,10 +71,11 @@ class PromptRun:
 
 
 class Executor:
-    def __init__(self, env: Environment, send: Send, exec_delay: float = 0.0) -> None:
+    def __init__(self, env: Environment, send: Send, exec_delay: float = 0.0, previews: bool = False) -> None:
         self.env = env
         self.send = send
         self.exec_delay = exec_delay
+        self.previews = previews
         self._heap: list[tuple[float, int, QueueItem]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -252,7 +259,29 @@ class Executor:
             else:
                 loop.call_soon_threadsafe(self._report_progress, run, node_id, value, maximum)
 
-        ctx = NodeContext(self.env, run.item.prompt, self.interrupt, report, self.exec_delay)
+        def preview(image: Image.Image) -> None:
+            data = preview_jpeg(image)
+            metadata = {
+                "node_id": node_id,
+                "prompt_id": prompt_id,
+                "display_node_id": node_id,
+                "parent_node_id": None,
+                "real_node_id": node_id,
+            }
+            message = {"image": data, "metadata": metadata}
+            if threading.get_ident() == loop_thread:
+                self.send(PREVIEW_EVENT, message, run.client_id)
+            else:
+                loop.call_soon_threadsafe(self.send, PREVIEW_EVENT, message, run.client_id)
+
+        ctx = NodeContext(
+            self.env,
+            run.item.prompt,
+            self.interrupt,
+            report,
+            self.exec_delay,
+            preview if self.previews else None,
+        )
         try:
             if self._is_quick(class_type, inputs):
                 output = self._run_node(ctx, class_type, inputs)
@@ -372,3 +401,12 @@ def _format_value(value: Any) -> Any:
     if value is None or isinstance(value, (int, float, bool, str)):
         return value
     return str(value)
+
+
+def preview_jpeg(image: Image.Image) -> bytes:
+    """A preview as ComfyUI's latent previewer sends it: JPEG, at most PREVIEW_SIZE pixels a side."""
+    small = image.convert("RGB")
+    small.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()

@@ -69,6 +69,8 @@ class NodeContext:
     interrupt: threading.Event
     report: Callable[[int, int], None]
     exec_delay: float = 0.0
+    preview: Callable[[Image.Image], None] | None = None
+    """Set when previews are on (--preview-method): sends a preview image of the running node."""
 
     def check_interrupt(self) -> None:
         if self.interrupt.is_set():
@@ -365,6 +367,8 @@ def ksampler(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
     steps = int(i["steps"])
     for step in range(1, steps + 1):
         ctx.step(step, steps)
+        if ctx.preview is not None and latent.images:
+            ctx.preview(latent.images[0])
     key = json.dumps([int(i["seed"]), model.name, model.loras, i["positive"], i["negative"]], default=str)
     out = []
     for index, base in enumerate(latent.images):
@@ -392,6 +396,8 @@ def standin_sleep(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
     for step in range(1, steps + 1):
         ctx.sleep(per_step)
         ctx.report(step, steps)
+        if ctx.preview is not None and i["image"]:
+            ctx.preview(i["image"][0])
     return NodeOutput((i["image"],))
 
 

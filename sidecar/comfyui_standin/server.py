@@ -22,7 +22,7 @@ from PIL import Image
 
 from comfyui_standin import graph
 from comfyui_standin.config import StandinConfig
-from comfyui_standin.executor import Executor, QueueItem
+from comfyui_standin.executor import PREVIEW_EVENT, Executor, QueueItem
 from comfyui_standin.folders import ModelFolders, confined, is_safe_relative
 from comfyui_standin.nodes import NODES, Environment, SpecView, object_info
 
@@ -54,7 +54,9 @@ class Standin:
         self.env = Environment(config.input_dir, config.output_dir, config.temp_dir, folders)
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.outbox: asyncio.Queue[tuple[str, dict[str, Any], str | None]] = asyncio.Queue()
-        self.executor = Executor(self.env, self.send, config.exec_delay)
+        self.executor = Executor(self.env, self.send, config.exec_delay, config.preview_method != "none")
+        self.preview_metadata: set[str] = set()
+        """Sockets whose first frame announced supports_preview_metadata: they get type-4 preview frames."""
         self.number = 0
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -65,13 +67,17 @@ class Standin:
         """Deliver queued events in order: to one socket (sid) or to all (None)."""
         while True:
             event, data, sid = await self.outbox.get()
-            text = json.dumps({"type": event, "data": data})
+            text = json.dumps({"type": event, "data": data}) if event != PREVIEW_EVENT else ""
             if sid is None:
-                targets = list(self.sockets.values())
+                targets = list(self.sockets.items())
             else:
-                targets = [self.sockets[sid]] if sid in self.sockets else []
-            for ws in targets:
+                targets = [(sid, self.sockets[sid])] if sid in self.sockets else []
+            for target, ws in targets:
                 try:
+                    if event == PREVIEW_EVENT:
+                        frame = preview_frame(data, with_metadata=target in self.preview_metadata)
+                        await asyncio.wait_for(ws.send_bytes(frame), SEND_TIMEOUT_S)
+                        continue
                     await asyncio.wait_for(ws.send_str(text), SEND_TIMEOUT_S)
                 except (ConnectionError, RuntimeError):
                     continue
@@ -103,12 +109,16 @@ class Standin:
                     continue
                 if first:
                     with contextlib.suppress(ValueError, TypeError, AttributeError):
-                        if json.loads(msg.data).get("type") == "feature_flags":
+                        message = json.loads(msg.data)
+                        if message.get("type") == "feature_flags":
+                            if (message.get("data") or {}).get("supports_preview_metadata") is True:
+                                self.preview_metadata.add(sid)
                             await ws.send_str(json.dumps({"type": "feature_flags", "data": self.features()}))
                 first = False
         finally:
             if self.sockets.get(sid) is ws:
                 del self.sockets[sid]
+                self.preview_metadata.discard(sid)
         return ws
 
     def features(self) -> dict[str, Any]:
@@ -358,6 +368,16 @@ class Standin:
         data = image.file.read()
         final = await asyncio.to_thread(_store_upload, folder, name, data, overwrite)
         return web.json_response({"name": final, "subfolder": subfolder, "type": kind})
+
+
+def preview_frame(data: dict[str, Any], *, with_metadata: bool) -> bytes:
+    """A binary preview frame: type 4 (metadata JSON, then the JPEG) for clients that announced
+    supports_preview_metadata, else type 1 (format 1 = JPEG, then the JPEG), as ComfyUI sends them."""
+    image: bytes = data["image"]
+    if with_metadata:
+        meta = json.dumps(data["metadata"]).encode()
+        return (4).to_bytes(4, "big") + len(meta).to_bytes(4, "big") + meta + image
+    return (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + image
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

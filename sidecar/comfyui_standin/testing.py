@@ -77,6 +77,7 @@ async def run_standin(
     exec_delay: float = 0.0,
     extra_model_paths_configs: Sequence[Path] = (),
     port: int = 0,
+    preview_method: str = "none",
 ) -> AsyncIterator[RunningStandin]:
     """Run the stand-in inside this event loop on 127.0.0.1 (a free port unless `port` is given)."""
     config = StandinConfig(
@@ -84,6 +85,7 @@ async def run_standin(
         listen=HOST,
         port=port,
         exec_delay=exec_delay,
+        preview_method=preview_method,
         extra_model_paths_configs=tuple(Path(p) for p in extra_model_paths_configs),
     )
     runner = web.AppRunner(create_app(config), shutdown_timeout=2.0)

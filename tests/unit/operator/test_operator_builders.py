@@ -238,7 +238,7 @@ def test_pdb_only_with_more_than_one_replica() -> None:
     kinds_one = [o["kind"] for o in _build(_minimal(replicas=1))]
     kinds_two = [o["kind"] for o in _build(_minimal(replicas=2))]
     assert "PodDisruptionBudget" not in kinds_one
-    assert kinds_two == ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget"]
+    assert kinds_two == ["ConfigMap", "Service", "Service", "Deployment", "PodDisruptionBudget"]
 
 
 def test_every_object_is_owned_and_labelled() -> None:
@@ -354,3 +354,44 @@ def test_grace_period_covers_the_prompt_timeout_unless_set() -> None:
     assert wait == 900  # a prompt that started just before the drain may use its whole timeout
     assert grace_and_wait(_minimal(terminationGracePeriodSeconds=100)) == (100, 65)
     assert grace_and_wait(_minimal(terminationGracePeriodSeconds=10)) == (10, 0)
+
+
+# ---- Comfy API v2: auth, links, peers ----
+def _sidecar_env(doc: dict[str, Any]) -> dict[str, Any]:
+    env = _container(_deployment(doc), "sidecar")["env"]
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in env}
+
+
+def test_api_token_comes_from_the_secret_and_no_auth_by_default() -> None:
+    plain = _sidecar_env(_minimal())
+    assert "API_TOKEN" not in plain
+    assert "PUBLIC_BASE_URL" not in plain
+    auth = {"auth": {"tokenSecretRef": {"name": "comfy-api", "key": "bearer"}, "scope": "all"}}
+    env = _sidecar_env(_minimal(api={**auth, "publicBaseUrl": "https://gw.example/comfy"}))
+    assert env["API_TOKEN"] == {"secretKeyRef": {"name": "comfy-api", "key": "bearer"}}
+    assert env["API_TOKEN_SCOPE"] == "all"
+    assert env["PUBLIC_BASE_URL"] == "https://gw.example/comfy"
+    assert "TRUST_FORWARDED_HEADERS" not in env
+    assert _sidecar_env(_minimal(api={"trustForwardedHeaders": True}))["TRUST_FORWARDED_HEADERS"] == "true"
+
+
+def test_bad_public_urls_are_refused() -> None:
+    for bad in ("gw.example", "https://gw.example/x?y=1", "ftp://gw.example", "https://gw.example/#f"):
+        with pytest.raises(ValueError, match="should match pattern"):
+            api.parse_spec({"api": {"publicBaseUrl": bad}})
+
+
+def test_peers_are_the_pods_of_a_headless_service_that_lists_not_ready_pods() -> None:
+    doc = _minimal(replicas=2, input={"sizeLimit": "2Gi"})
+    objects = _build(doc)
+    peers = next(o for o in objects if o["metadata"]["name"] == "demo-peers")
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["publishNotReadyAddresses"] is True
+    pod_labels = _deployment(doc)["spec"]["template"]["metadata"]["labels"]
+    assert peers["spec"]["selector"].items() <= pod_labels.items()
+    env = _sidecar_env(doc)
+    assert env["PEERS_DNS"] == "demo-peers.ns.svc.cluster.local"
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["ID_KEY"] == instance_of(doc).uid
+    assert env["ASSET_MAX_BYTES"] == str(1024**3)
+    kubernetes_validate.validate(peers, "1.30", strict=True)

@@ -102,7 +102,13 @@ async def test_create_applies_everything_and_writes_status_once(
     store(kube, instance({"replicas": 2}))
     problems = await reconciler.reconcile(current(kube))
     assert problems == []
-    assert [o["kind"] for o in kube.applied] == ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget"]
+    assert [o["kind"] for o in kube.applied] == [
+        "ConfigMap",
+        "Service",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+    ]
     assert len(kube.status_writes) == 1
     written = kube.status_writes[0]
     assert written["comfyuiImage"].startswith("ghcr.io/saladtechnologies/comfyui-api:")

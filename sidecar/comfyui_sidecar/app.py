@@ -25,10 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from comfyui_sidecar import jsonbody, request_body
+from comfyui_sidecar.activity import ComfyActivity
 from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyError, ComfyRejected
 from comfyui_sidecar.convert import ImageTooLarge
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.lifecycle import Lifecycle, State
+from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import (
     VERSION,
@@ -536,7 +538,8 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
         reconnect_max_s=settings.ws_reconnect_max_s,
         lost_timeout_s=settings.comfyui_lost_timeout_s,
         history_poll_s=settings.history_poll_interval_s,
-        on_queue_depth=app_metrics.queue_depth.set,
+        on_queue_depth=app_metrics.queue_depth_changed,
+        observer=ComfyActivity(app_metrics, loader_table(settings.extra_model_loaders)),
     )
     app[COMFY_KEY] = comfy
     policy = RetryPolicy(

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -120,6 +120,14 @@ def result_from_history(prompt_id: str, entry: Mapping[str, Any]) -> Execution |
     return execution
 
 
+class Observer(Protocol):
+    """Told what ComfyUI does (metrics): each prompt as it is sent, each websocket message with a dict."""
+
+    def sending(self, prompt_id: str, prompt: Mapping[str, Any]) -> None: ...
+
+    def event(self, kind: str, data: Mapping[str, Any]) -> None: ...
+
+
 @dataclass
 class _Waiter:
     execution: Execution
@@ -141,6 +149,7 @@ class ComfyClient:
         on_queue_depth: Callable[[int], None] | None = None,
         on_connection: Callable[[bool], None] | None = None,
         on_event: Callable[[Mapping[str, Any]], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session
@@ -154,6 +163,7 @@ class ComfyClient:
         self._on_queue_depth = on_queue_depth
         self._on_connection = on_connection
         self.on_event = on_event
+        self._observer = observer
         self.skipped_prefixes = _IGNORED_PREFIXES
         self._waiters: dict[str, _Waiter] = {}
         self._closing = False
@@ -177,6 +187,8 @@ class ComfyClient:
         """POST /prompt with our client_id and prompt id. Raises ComfyRejected (400) or ComfyError (502, or
         504 when ComfyUI does not answer within `timeout_s`)."""
         body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
+        if self._observer is not None:  # before the POST: ComfyUI may run the prompt before it answers
+            self._observer.sending(prompt_id, prompt)
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.session.post(f"{self.base_url}/prompt", json=body) as response:
@@ -448,6 +460,8 @@ class ComfyClient:
         data = event.get("data")
         if not isinstance(data, dict):
             return
+        if self._observer is not None and isinstance(kind, str):
+            self._observer.event(kind, data)
         if kind == "status":
             remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
             if isinstance(remaining, int):

@@ -1,4 +1,4 @@
-"""Fixtures for the chart tier: a pinned helm binary (from $HELM_BINARY) and a renderer."""
+"""Fixtures for the chart tier: pinned helm and promtool ($HELM_BINARY, $PROMTOOL_BINARY), a renderer."""
 
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ def helm() -> str:
         tool_missing(
             "helm not found: set HELM_BINARY (make test-chart exports it: hack/build-tools.sh --print-env)"
         )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    configured = os.environ.get("PROMTOOL_BINARY")
+    binary = configured if configured and Path(configured).is_file() else shutil.which("promtool")
+    if binary is None:
+        tool_missing("promtool not found: set PROMTOOL_BINARY (build it: hack/build-tools.sh promtool)")
     return binary
 
 

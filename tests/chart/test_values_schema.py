@@ -30,7 +30,11 @@ SCHEMA_REJECTIONS = [
     ("bad-image-tag", ["image.tag=has space"], "tag"),
     ("typo-pod-monitor", ["sidecarMetrics.podMonitor.enable=true"], "enable"),
     ("bad-alert-delay", ["sidecarMetrics.alerts.comfyDownFor=5 minutes"], "comfyDownFor"),
-    ("webhook-percent-above-100", ["sidecarMetrics.alerts.webhookFailurePercent=150"], "webhookFailurePercent"),
+    (
+        "webhook-percent-above-100",
+        ["sidecarMetrics.alerts.webhookFailurePercent=150"],
+        "webhookFailurePercent",
+    ),
     ("zero-evictions-per-hour", ["sidecarMetrics.alerts.cacheEvictionsPerHour=0"], "cacheEvictionsPerHour"),
     ("bad-dashboard-namespace", ["dashboard.namespace=Monitoring"], "namespace"),
 ]

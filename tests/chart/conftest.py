@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tier import tool_missing
+from tier import tool_missing, tool_path
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm"
@@ -45,11 +45,7 @@ def helm() -> str:
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    configured = os.environ.get("PROMTOOL_BINARY")
-    binary = configured if configured and Path(configured).is_file() else shutil.which("promtool")
-    if binary is None:
-        tool_missing("promtool not found: set PROMTOOL_BINARY (build it: hack/build-tools.sh promtool)")
-    return binary
+    return tool_path("PROMTOOL_BINARY", "promtool", "build it: hack/build-tools.sh promtool")
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:

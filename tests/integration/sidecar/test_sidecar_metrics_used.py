@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -35,7 +33,7 @@ from comfyui_standin.models import safetensors_bytes
 from comfyui_standin.testing import run_standin
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_harness import HOST, empty_image_prompt, run_sidecar, run_webhook_receiver, sidecar_settings
-from tier import tool_missing
+from tier import tool_path
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "helm" / "files" / "dashboards" / "comfyui-instances.json"
@@ -275,14 +273,6 @@ def input_series(scrapes: Scrapes) -> list[dict[str, str]]:
     return items
 
 
-def promtool_binary() -> str:
-    configured = os.environ.get("PROMTOOL_BINARY")
-    binary = configured if configured and Path(configured).is_file() else shutil.which("promtool")
-    if binary is None:
-        tool_missing("promtool not found: set PROMTOOL_BINARY (hack/build-tools.sh promtool builds it)")
-    return binary
-
-
 def test_there_are_queries_to_evaluate() -> None:
     where = [label for label, _ in queries()]
     assert sum(label.startswith("dashboard:") for label in where) >= 6
@@ -290,7 +280,7 @@ def test_there_are_queries_to_evaluate() -> None:
 
 
 def test_every_dashboard_and_keda_query_returns_data(scrapes: Scrapes, tmp_path: Path) -> None:
-    promtool = promtool_binary()
+    promtool = tool_path("PROMTOOL_BINARY", "promtool", "build it: hack/build-tools.sh promtool")
     cases = [
         {
             "expr": f"vector(1) and on () (count(({expr})) > 0)",

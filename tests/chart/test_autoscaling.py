@@ -1,5 +1,6 @@
-"""The autoscaling examples: valid against KEDA's own CRD schema, aimed at the ComfyUIInstance's scale
-subresource, and driven by the sidecar's queue gauge."""
+"""The autoscaling example and the chart's ScaledObjects (`instances.<name>.autoscaling`): valid against
+KEDA's own CRD schema, aimed at the ComfyUIInstance's scale subresource, driven by the sidecar's queue
+gauge, and the same object from both."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import CI_VALUES, REPO, Render, by_kind, run_helm, template_args
 from .crd_schema import KEDA, crd, validate
 
 EXAMPLES = sorted((REPO / "examples" / "autoscaling").glob("*.yaml"))
@@ -88,3 +89,54 @@ def test_scaled_objects_scale_on_the_sidecar_queue_gauge() -> None:
         assert f'comfyui_instance="{name}"' in query
         assert f'namespace="{scaled["metadata"]["namespace"]}"' in query
         assert float(trigger["metadata"]["threshold"]) > 0
+
+
+def render_scaled(render: Render, **autoscaling: int) -> list[dict[str, Any]]:
+    sets = ["instances.image-edit.namespace=default", "instances.image-edit.spec.comfyui.image=comfy:1"]
+    sets += [f"instances.image-edit.autoscaling.{key}={value}" for key, value in autoscaling.items()]
+    return by_kind(render(sets=sets), "ScaledObject")
+
+
+def test_chart_renders_the_example_for_an_instance_with_autoscaling(render: Render) -> None:
+    (example,) = scaled_objects()
+    (rendered,) = render_scaled(render, minReplicas=1, maxReplicas=4, queueDepthPerReplica=2)
+    rendered["metadata"].pop("labels")
+    assert rendered == example, "helm/templates/scaledobjects.yaml and the example differ"
+
+
+def test_chart_scaled_objects_match_keda_crd(render: Render) -> None:
+    docs = render([v for v in CI_VALUES if v.stem == "instances-values"])
+    (scaled,) = by_kind(docs, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "image-edit"
+    assert scaled["spec"]["minReplicaCount"] == 1
+    assert scaled["spec"]["maxReplicaCount"] == 3
+    assert scaled["spec"]["triggers"][0]["metadata"]["threshold"] == "4"
+    assert 'namespace="comfyui-system"' in scaled["spec"]["triggers"][0]["metadata"]["query"]
+    validate(scaled, keda_scaled_object_crd())
+    assert not by_kind(render(), "ScaledObject")
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragment"),
+    [
+        (
+            ["instances.a.spec.replicas=2", "instances.a.autoscaling.maxReplicas=3"],
+            "instances.a: leave spec.replicas out when autoscaling is set",
+        ),
+        (
+            [
+                "instances.a.spec.comfyui.image=x",
+                "instances.a.autoscaling.maxReplicas=2",
+                "instances.a.autoscaling.minReplicas=3",
+            ],
+            "minReplicas (3) is above maxReplicas (2)",
+        ),
+        (["instances.a.spec.comfyui.image=x", "instances.a.autoscaling.minReplicas=0"], "minReplicas"),
+        (["instances.a.spec.comfyui.image=x", "instances.a.autoscaling.minReplicas=1"], "maxReplicas"),
+    ],
+    ids=["replicas-and-autoscaling", "min-above-max", "scale-to-zero", "no-max"],
+)
+def test_chart_refuses_autoscaling_it_can_not_honour(helm: str, sets: list[str], fragment: str) -> None:
+    result = run_helm(helm, *template_args([], sets, "1.34.0"))
+    assert result.returncode != 0, f"accepted {sets}"
+    assert fragment in result.stderr, result.stderr

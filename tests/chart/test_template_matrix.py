@@ -9,8 +9,8 @@ import pytest
 
 from .conftest import CI_VALUES, KUBE_VERSIONS, NAMESPACE, RELEASE, Manifest, Render, by_kind, one
 
-# Kinds from CRDs, not in the Kubernetes schemas: test_monitoring.py and test_crds.py check them.
-CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ComfyUIInstance"}
+# Kinds from CRDs, not in the Kubernetes schemas (test_monitoring, test_autoscaling, test_crds check them).
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "ComfyUIInstance"}
 RECOMMENDED_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",

@@ -11,9 +11,9 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
+from foreign_crds import KEDA, crd, validate
 
 from .conftest import CI_VALUES, REPO, Render, by_kind, run_helm, template_args
-from .crd_schema import KEDA, crd, validate
 
 EXAMPLES = sorted((REPO / "examples" / "autoscaling").glob("*.yaml"))
 INSTANCE_CRD = REPO / "crds" / "comfyui.operator.dev_comfyuiinstances.yaml"

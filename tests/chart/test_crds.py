@@ -8,9 +8,9 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
+from foreign_crds import openapi_to_jsonschema
 
 from .conftest import CHART, CI_VALUES, NAMESPACE, REPO, Render, by_kind
-from .crd_schema import openapi_to_jsonschema
 
 TOP_LEVEL_CRDS = REPO / "crds"
 CHART_CRDS = CHART / "crds"

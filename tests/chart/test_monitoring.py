@@ -13,9 +13,9 @@ import pytest
 from comfyui_operator import builders
 from comfyui_operator.api import ComfyUIInstanceSpec
 from comfyui_operator.settings import OperatorSettings
+from foreign_crds import PROMETHEUS_OPERATOR, crd, validate
 
 from .conftest import CHART, CI_VALUES, NAMESPACE, RELEASE, Manifest, Render, by_kind, one
-from .crd_schema import PROMETHEUS_OPERATOR, crd, validate
 
 DASHBOARD = CHART / "files" / "dashboards" / "comfyui-instances.json"
 PROMETHEUS_OPERATOR_CRDS = {

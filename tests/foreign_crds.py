@@ -1,4 +1,4 @@
-"""Validating objects of other projects' kinds (KEDA, prometheus-operator) against those projects' own CRDs.
+"""Objects of other projects' kinds (KEDA, prometheus-operator) checked against those projects' own CRDs.
 
 The CRDs are read from the projects' Go modules, downloaded by `go mod download` into the Go module cache at
 the pinned versions below; nothing of theirs is committed here.
@@ -53,10 +53,13 @@ def module_dir(module: str, version: str) -> Path:
     return Path(directory)
 
 
-def crd(project: tuple[str, str, str], file_name: str) -> dict[str, Any]:
+def crd_path(project: tuple[str, str, str], file_name: str) -> Path:
     module, version, folder = project
-    path = module_dir(module, version) / folder / file_name
-    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    return module_dir(module, version) / folder / file_name
+
+
+def crd(project: tuple[str, str, str], file_name: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(crd_path(project, file_name).read_text())
     return document
 
 

@@ -116,6 +116,10 @@ class Metrics:
             "comfyui_api_comfy_connected", "1 while the websocket to ComfyUI is open", registry=self.registry
         )
         self.ready = Gauge("comfyui_api_ready", "1 while /ready answers 200", registry=self.registry)
+        self.build_info = Gauge(
+            "comfyui_api_build_info", "Contract version served", ["version"], registry=self.registry
+        )
+        self.build_info.labels(version=VERSION).set(1)
         self.busy = BusyTime()
         self.registry.register(self.busy)
         self.executions = Counter(
@@ -132,14 +136,6 @@ class Metrics:
             ["loader"],
             registry=self.registry,
         )
-        self.build_info = Gauge(
-            "comfyui_api_build_info", "Contract version served", ["version"], registry=self.registry
-        )
-        self.build_info.labels(version=VERSION).set(1)
-
-    def queue_depth_changed(self, depth: int) -> None:
-        self.queue_depth.set(depth)
-        self.busy.queue_depth(depth)
 
     def route_label(self, path: str) -> str:
         if path in ROUTES:
@@ -147,3 +143,7 @@ class Metrics:
         if path.startswith("/docs"):
             return "/docs"
         return "other"
+
+    def queue_depth_changed(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+        self.busy.queue_depth(depth)

@@ -23,8 +23,8 @@ lint: ## ruff check, ruff format --check, mypy --strict, lint-imports (the sidec
 test-unit: ## pure logic: builders, rewriting, schemas
 	$(PYTEST) tests/unit
 
-test-integration: ## sidecar and stand-in ComfyUI over real HTTP
-	$(PYTEST) tests/integration
+test-integration: ## sidecar and stand-in ComfyUI over real HTTP (promtool evaluates the dashboard queries)
+	$(TOOLS_ENV); $(PYTEST) tests/integration
 
 test-chart: ## helm lint/template, schema validation of the rendered chart
 	$(TOOLS_ENV); $(PYTEST) tests/chart

@@ -2,7 +2,7 @@
 # Builds the pinned tools the test tiers need from the Go module proxy into a cache outside the repository,
 # one directory per tool and version, and reuses what is already there. Nothing else is downloaded.
 #
-#   hack/build-tools.sh [k8s|etcd|kwok|helm|kind|node|all]...  (default: helm kwok etcd k8s)
+#   hack/build-tools.sh [k8s|etcd|kwok|helm|kind|node|promtool|all]...  (default: helm kwok etcd k8s promtool)
 #
 # `node` builds what the local kind node image needs besides Kubernetes and etcd (hack/kind-node-image.sh):
 # crictl, CoreDNS and the local-path provisioner.
@@ -18,6 +18,7 @@ KIND_VERSION="${KIND_VERSION:-v0.32.0}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.34.0}"                  # cri-tools minor follows Kubernetes
 COREDNS_VERSION="${COREDNS_VERSION:-v1.12.1}"                # what kubeadm 1.34 deploys (constants.CoreDNSVersion)
 LOCAL_PATH_VERSION="${LOCAL_PATH_VERSION:-v0.0.30}"          # rancher/local-path-provisioner
+PROMTOOL_VERSION="${PROMTOOL_VERSION:-v0.316.0}"              # Prometheus 3.16.0's Go module version
 # The Kubernetes build holds the node binaries too (kubelet, kubeadm, kube-proxy); the key says so, so a cache
 # built before they were added is rebuilt rather than used without them.
 K8S_KEY="$K8S_VERSION+node"
@@ -182,6 +183,15 @@ build_local_path() {
   mkdir -p "$2"
   GOBIN="$2" go install -ldflags "-s -w -X main.VERSION=$1" "github.com/rancher/local-path-provisioner@$1" >&2
 }
+# promtool (`promtool test rules` for the chart's alerts), stamped with its Prometheus version like its Makefile does.
+build_promtool() {
+  local version=$1 release pkg=github.com/prometheus/common/version
+  release=$(echo "${version#v0.}" | awk -F. '{printf "3.%d.%s", $1 - 300, $2}')
+  mkdir -p "$2"
+  GOBIN="$2" go install -ldflags "-s -w -X $pkg.Version=$release -X $pkg.Branch=HEAD -X $pkg.Revision=$version" \
+    "github.com/prometheus/prometheus/cmd/promtool@$version" >&2
+  "$2/promtool" --version >&2
+}
 
 print_env() {
   local k e kw h arch
@@ -205,6 +215,7 @@ export KWOK_CONTROLLER_BINARY="$kw/kwok"
 export KWOKCTL_BINARY="$kw/kwokctl"
 export HELM_BINARY="$h/helm"
 export KIND_BINARY="$(dir_for kind "$KIND_VERSION")/bin/kind"
+export PROMTOOL_BINARY="$(dir_for promtool "$PROMTOOL_VERSION")/bin/promtool"
 export KUBELET_BINARY="$k/kubelet"
 export KUBEADM_BINARY="$k/kubeadm"
 export KUBE_PROXY_BINARY="$k/kube-proxy"
@@ -220,7 +231,7 @@ main() {
   if [[ "${1:-}" == "--print-env" ]]; then print_env; return; fi
   ensure_go
   local targets=("$@")
-  [[ ${#targets[@]} -gt 0 ]] || targets=(helm kwok etcd k8s)
+  [[ ${#targets[@]} -gt 0 ]] || targets=(helm kwok etcd k8s promtool)
   for t in "${targets[@]}"; do
     case "$t" in
       k8s) run_once kubernetes "$K8S_KEY" build_k8s ;;
@@ -228,11 +239,12 @@ main() {
       kwok) run_once kwok "$KWOK_VERSION" build_kwok ;;
       helm) run_once helm "$HELM_VERSION+$HELM_STAMP" build_helm ;;
       kind) run_once kind "$KIND_VERSION" build_kind ;;
+      promtool) run_once promtool "$PROMTOOL_VERSION" build_promtool ;;
       node)
         run_once crictl "$CRICTL_VERSION" build_crictl
         run_once coredns "$COREDNS_VERSION" build_coredns
         run_once local-path-provisioner "$LOCAL_PATH_VERSION" build_local_path ;;
-      all) main helm kwok etcd k8s kind node ;;
+      all) main helm kwok etcd k8s promtool kind node ;;
       *) echo "unknown tool: $t" >&2; return 2 ;;
     esac
   done

@@ -4,6 +4,8 @@ under CI=true, where .ci/run installs every tool and a skipped tier would hide t
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -17,3 +19,12 @@ def tool_missing(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: this tier must not be skipped)", pytrace=False)
     pytest.skip(reason)
+
+
+def tool_path(variable: str, name: str, how_to_build: str) -> str:
+    """The tool named by $variable (or `name` on PATH); tool_missing(...) when there is none."""
+    configured = os.environ.get(variable)
+    found = configured if configured and Path(configured).is_file() else shutil.which(name)
+    if found is None:
+        tool_missing(f"{name} not found: set {variable} ({how_to_build})")
+    return found

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from comfyui_sidecar import auth, jsonbody, request_body
+from comfyui_sidecar.activity import ComfyActivity
 from comfyui_sidecar.cache import ModelCache
 from comfyui_sidecar.cache.manifest import ManifestPreload
 from comfyui_sidecar.cache.routes import download_routes
@@ -36,6 +37,7 @@ from comfyui_sidecar.egress.outbound import Egress
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.lifecycle import Lifecycle, State
+from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import (
     VERSION,
@@ -587,7 +589,8 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
         reconnect_max_s=settings.ws_reconnect_max_s,
         lost_timeout_s=settings.comfyui_lost_timeout_s,
         history_poll_s=settings.history_poll_interval_s,
-        on_queue_depth=app_metrics.queue_depth.set,
+        on_queue_depth=app_metrics.queue_depth_changed,
+        observer=ComfyActivity(app_metrics, loader_table(settings.extra_model_loaders)),
     )
     app[COMFY_KEY] = comfy
     policy = RetryPolicy(

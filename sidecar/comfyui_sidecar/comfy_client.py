@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -122,6 +122,14 @@ def result_from_history(prompt_id: str, entry: Mapping[str, Any]) -> Execution |
     return execution
 
 
+class Observer(Protocol):
+    """Told what ComfyUI does (metrics): each prompt as it is sent, each websocket message with a dict."""
+
+    def sending(self, prompt_id: str, prompt: Mapping[str, Any]) -> None: ...
+
+    def event(self, kind: str, data: Mapping[str, Any]) -> None: ...
+
+
 @dataclass
 class _Waiter:
     execution: Execution
@@ -143,6 +151,7 @@ class ComfyClient:
         on_queue_depth: Callable[[int], None] | None = None,
         on_connection: Callable[[bool], None] | None = None,
         on_event: Callable[[Mapping[str, Any]], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session
@@ -159,6 +168,7 @@ class ComfyClient:
         self.listeners: list[Callable[[Mapping[str, Any]], None]] = []
         """Called with every parsed message after `on_event` (the job store)."""
         self.on_preview: Callable[[PreviewFrame], None] | None = None
+        self._observer = observer
         self.skipped_prefixes = _IGNORED_PREFIXES
         self._waiters: dict[str, _Waiter] = {}
         self._closing = False
@@ -189,6 +199,8 @@ class ComfyClient:
         body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
         if extra_data:
             body["extra_data"] = dict(extra_data)
+        if self._observer is not None:  # before the POST: ComfyUI may run the prompt before it answers
+            self._observer.sending(prompt_id, prompt)
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.session.post(f"{self.base_url}/prompt", json=body) as response:
@@ -475,6 +487,8 @@ class ComfyClient:
         data = event.get("data")
         if not isinstance(data, dict):
             return
+        if self._observer is not None and isinstance(kind, str):
+            self._observer.event(kind, data)
         if kind == "status":
             remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
             if isinstance(remaining, int):

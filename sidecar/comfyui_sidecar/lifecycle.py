@@ -111,6 +111,7 @@ class Lifecycle:
         """Websocket state changes: readiness follows; a reconnect after a drop re-runs the warmup."""
         self.state.comfy_up = up
         self.metrics.comfy_connected.set(1 if up else 0)
+        self.metrics.busy.connected(up)
         if up and self.state.draining and not self.state.stopping:
             # ComfyUI came back after a drain (its preStop hook also runs when the kubelet restarts it after
             # failed probes): the pod is not being removed, so it takes prompts again.

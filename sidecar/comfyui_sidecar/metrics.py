@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from comfyui_sidecar.models import VERSION
 
@@ -21,6 +26,49 @@ ROUTES = frozenset(
         "/prompt/{id}",
     }
 )
+
+EXECUTION_RESULTS = ("success", "error", "interrupted")
+"""How ComfyUI ends a prompt (its websocket's execution_success / execution_error / execution_interrupted)."""
+
+
+class BusyTime(Collector):
+    """`comfyui_api_comfy_busy_seconds_total`: wall time during which ComfyUI had work, i.e. the websocket to
+    it was open and its last `status` message said `queue_remaining > 0` (a prompt running or waiting). Its
+    rate is the busy fraction of the pod's GPU as ComfyUI uses it (not a hardware utilisation reading)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._done = 0.0
+        self._since: float | None = None
+        self._depth = 0
+        self._connected = False
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth = depth
+        self._update()
+
+    def connected(self, up: bool) -> None:
+        self._connected = up
+        self._update()
+
+    def seconds(self) -> float:
+        running = 0.0 if self._since is None else self._clock() - self._since
+        return self._done + running
+
+    def _update(self) -> None:
+        busy = self._connected and self._depth > 0
+        if busy and self._since is None:
+            self._since = self._clock()
+        elif not busy and self._since is not None:
+            self._done += self._clock() - self._since
+            self._since = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "comfyui_api_comfy_busy_seconds",
+            "Seconds ComfyUI had a prompt running or queued (websocket open, queue_remaining > 0)",
+            value=self.seconds(),
+        )
 
 
 class Metrics:
@@ -94,6 +142,22 @@ class Metrics:
             "comfyui_api_build_info", "Contract version served", ["version"], registry=self.registry
         )
         self.build_info.labels(version=VERSION).set(1)
+        self.busy = BusyTime()
+        self.registry.register(self.busy)
+        self.executions = Counter(
+            "comfyui_api_comfy_executions",
+            "Prompts ComfyUI finished, by result, as its websocket reported them (any API that queued them)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in EXECUTION_RESULTS:  # every series exists from the start, so rate() and alerts see zeros
+            self.executions.labels(result=result)
+        self.model_loads = Counter(
+            "comfyui_api_model_loads",
+            "Model-loader nodes ComfyUI ran (not served from its execution cache), by node class",
+            ["loader"],
+            registry=self.registry,
+        )
 
     def route_label(self, path: str, canonical: str | None = None) -> str:
         """A bounded label: the known paths, the matched route pattern of /api/v2 and /prompt/{id}."""
@@ -104,3 +168,7 @@ class Metrics:
         if path.startswith("/docs"):
             return "/docs"
         return "other"
+
+    def queue_depth_changed(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+        self.busy.queue_depth(depth)

@@ -1,4 +1,4 @@
-"""Fixtures for the chart tier: a pinned helm binary (from $HELM_BINARY) and a renderer."""
+"""Fixtures for the chart tier: pinned helm and promtool ($HELM_BINARY, $PROMTOOL_BINARY), a renderer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tier import tool_missing
+from tier import tool_missing, tool_path
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm"
@@ -41,6 +41,11 @@ def helm() -> str:
             "helm not found: set HELM_BINARY (make test-chart exports it: hack/build-tools.sh --print-env)"
         )
     return binary
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return tool_path("PROMTOOL_BINARY", "promtool", "build it: hack/build-tools.sh promtool")
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:

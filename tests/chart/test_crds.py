@@ -8,6 +8,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
+from foreign_crds import openapi_to_jsonschema
 
 from .conftest import CHART, CI_VALUES, NAMESPACE, REPO, Render, by_kind
 
@@ -40,19 +41,6 @@ def test_chart_crds_are_not_templated() -> None:
         assert b"{{" not in content, f"helm/crds/{name} contains template syntax; Helm does not render crds/"
 
 
-def _openapi_to_jsonschema(node: Any) -> Any:
-    """Drop the Kubernetes-only keys jsonschema does not know; keep everything it can check."""
-    if isinstance(node, dict):
-        return {
-            key: _openapi_to_jsonschema(value)
-            for key, value in node.items()
-            if not key.startswith("x-kubernetes-") and key != "nullable"
-        }
-    if isinstance(node, list):
-        return [_openapi_to_jsonschema(item) for item in node]
-    return node
-
-
 def test_instances_in_values_are_rendered_and_valid(render: Render, instance_schema: dict[str, Any]) -> None:
     docs = render([v for v in CI_VALUES if v.stem == "instances-values"])
     instances = {doc["metadata"]["name"]: doc for doc in by_kind(docs, "ComfyUIInstance")}
@@ -60,13 +48,13 @@ def test_instances_in_values_are_rendered_and_valid(render: Render, instance_sch
     assert instances["image-edit"]["metadata"]["namespace"] == NAMESPACE
     assert instances["image-gen"]["metadata"]["namespace"] == "ai"
     assert instances["image-gen"]["spec"]["replicas"] == 2
-    schema = _openapi_to_jsonschema(instance_schema)
+    schema = openapi_to_jsonschema(instance_schema)
     for instance in instances.values():
         jsonschema.validate(instance, schema)
 
 
 def test_an_instance_the_crd_rejects_is_caught(instance_schema: dict[str, Any]) -> None:
-    schema = _openapi_to_jsonschema(instance_schema)
+    schema = openapi_to_jsonschema(instance_schema)
     bad = {
         "apiVersion": "comfyui.operator.dev/v1alpha1",
         "kind": "ComfyUIInstance",

@@ -9,8 +9,8 @@ import pytest
 
 from .conftest import CI_VALUES, KUBE_VERSIONS, NAMESPACE, RELEASE, Manifest, Render, by_kind, one
 
-# Kinds from CRDs: not in the Kubernetes schemas; checked by the tests below and by test_instances.py.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ComfyUIInstance"}
+# Kinds from CRDs, not in the Kubernetes schemas (test_monitoring, test_autoscaling, test_crds check them).
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "ComfyUIInstance"}
 RECOMMENDED_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -154,29 +154,6 @@ def test_service_monitor_scrapes_the_metrics_service(render: Render) -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == ["metrics"]
-
-
-def test_prometheus_rule_alerts_have_severity_summary_and_runbook(render: Render) -> None:
-    docs = render(sets=["metrics.prometheusRule.enabled=true"])
-    rule = one(docs, "PrometheusRule")
-    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
-    assert len(alerts) >= 4
-    for alert in alerts:
-        assert alert["labels"]["severity"] in {"critical", "warning", "info"}, alert["alert"]
-        annotations = alert["annotations"]
-        assert annotations["summary"].strip(), alert["alert"]
-        assert len(annotations["description"]) > 40, alert["alert"]
-        assert annotations["runbook_url"].endswith("#" + alert["alert"].lower())
-        assert f"{RELEASE}-comfyui-operator-metrics" in alert["expr"] or "comfyui_operator_" in alert["expr"]
-    assert any(alert["labels"]["severity"] == "critical" for alert in alerts)
-
-
-def test_runbooks_exist_for_every_alert(render: Render) -> None:
-    docs = render(sets=["metrics.prometheusRule.enabled=true"])
-    text = (Path(__file__).resolve().parents[2] / "docs" / "packaging.md").read_text().lower()
-    for group in one(docs, "PrometheusRule")["spec"]["groups"]:
-        for alert in group["rules"]:
-            assert f"### {alert['alert'].lower()}" in text, f"no runbook section for {alert['alert']}"
 
 
 def test_every_replica_is_probed_on_healthz(render: Render) -> None:

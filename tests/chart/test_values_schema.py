@@ -28,6 +28,15 @@ SCHEMA_REJECTIONS = [
     ("bad-instance-name", ["instances.Image_Edit.spec.replicas=1"], "Image_Edit"),
     ("instance-without-spec", ["instances.image-edit.namespace=ai"], "spec"),
     ("bad-image-tag", ["image.tag=has space"], "tag"),
+    ("typo-pod-monitor", ["sidecarMetrics.podMonitor.enable=true"], "enable"),
+    ("bad-alert-delay", ["sidecarMetrics.alerts.comfyDownFor=5 minutes"], "comfyDownFor"),
+    (
+        "webhook-percent-above-100",
+        ["sidecarMetrics.alerts.webhookFailurePercent=150"],
+        "webhookFailurePercent",
+    ),
+    ("zero-evictions-per-hour", ["sidecarMetrics.alerts.cacheEvictionsPerHour=0"], "cacheEvictionsPerHour"),
+    ("bad-dashboard-namespace", ["dashboard.namespace=Monitoring"], "namespace"),
 ]
 
 # Rules a JSON schema can not express well: enforced by `fail` in the templates.

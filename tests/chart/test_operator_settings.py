@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from comfyui_operator import settings as settings_module
 
 from .conftest import CI_VALUES, Manifest, Render, one
-
-settings_module = pytest.importorskip(
-    "comfyui_operator.settings", reason="comfyui_operator.settings not written"
-)
 
 POD_NAMESPACE = "comfyui-system"
 CHART_ENV_NAMES_OUTSIDE_SETTINGS = {"POD_NAME", "POD_NAMESPACE", "HTTPS_PROXY", "COMFYUI_OPERATOR_EXTRA_FLAG"}

@@ -10,7 +10,8 @@ from typing import Any
 
 import aiohttp
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+# Recordings of a real ComfyUI, shared with the unit tests (tests/data/comfyui-transcripts/README.md).
+GOLDEN = Path(__file__).resolve().parents[2] / "data" / "comfyui-transcripts"
 
 
 def golden(name: str) -> Any:

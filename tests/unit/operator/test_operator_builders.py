@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from comfyui_operator import api, builders
+from comfyui_sidecar import settings as sidecar_settings
+from comfyui_sidecar.cache import settings as cache_settings
 from comfyui_sidecar.model_paths import model_paths_text
 from comfyui_sidecar.settings import Settings
 from operator_testlib import (
@@ -176,8 +178,6 @@ def test_secrets_only_by_reference() -> None:
 
 
 def test_sidecar_env_names_exist_in_sidecar_settings() -> None:
-    sidecar_settings = pytest.importorskip("comfyui_sidecar.settings")
-    cache_settings = pytest.importorskip("comfyui_sidecar.cache.settings")
     known = {name.upper() for name in sidecar_settings.Settings.model_fields}
     known |= {name.upper() for name in cache_settings.CacheSettings.model_fields}
     known |= {"HOME"}

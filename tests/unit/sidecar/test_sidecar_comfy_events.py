@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, Execution, result_from_history
 
-TRANSCRIPTS = Path("/work/shared/spec/comfyui-transcripts")
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "data" / "comfyui-transcripts"
 
 
 def load(name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from comfyui_sidecar.settings import Settings
 from PIL import Image
 from pydantic import ValidationError
 
-TRANSCRIPTS = Path("/work/shared/spec/comfyui-transcripts")
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "data" / "comfyui-transcripts"
 
 
 def test_refs_follow_node_order_and_keep_subfolder_and_type() -> None:

@@ -354,3 +354,54 @@ def test_grace_period_covers_the_prompt_timeout_unless_set() -> None:
     assert wait == 900  # a prompt that started just before the drain may use its whole timeout
     assert grace_and_wait(_minimal(terminationGracePeriodSeconds=100)) == (100, 65)
     assert grace_and_wait(_minimal(terminationGracePeriodSeconds=10)) == (10, 0)
+
+
+def test_custom_nodes_are_mounted_read_only_into_comfyui_only() -> None:
+    doc = _minimal(customNodes={"claimName": "nodes", "subPath": "v2"})
+    deployment = _deployment(doc)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["custom-nodes"]["persistentVolumeClaim"] == {"claimName": "nodes", "readOnly": True}
+    mounts = {m["name"]: m for m in _container(deployment, "comfyui")["volumeMounts"]}
+    assert mounts["custom-nodes"] == {
+        "name": "custom-nodes",
+        "mountPath": "/opt/ComfyUI/custom_nodes",
+        "readOnly": True,
+        "subPath": "v2",
+    }
+    assert "custom-nodes" not in {m["name"] for m in _container(deployment, "sidecar")["volumeMounts"]}
+
+
+def test_image_pull_secrets_reach_the_pod() -> None:
+    doc = _minimal(imagePullSecrets=[{"name": "registry-a"}, {"name": "registry-b"}])
+    pod = _deployment(doc)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
+    assert "imagePullSecrets" not in _deployment(_minimal())["spec"]["template"]["spec"]
+
+
+def test_extra_volumes_are_in_the_pod_and_mounted_as_asked() -> None:
+    doc = _minimal(
+        extraVolumes=[{"name": "loras", "nfs": {"server": "nfs.local", "path": "/loras"}}],
+        comfyui={"extraVolumeMounts": [{"name": "loras", "mountPath": "/extra/loras", "readOnly": False}]},
+    )
+    deployment = _deployment(doc)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["extra-loras"] == {"name": "extra-loras", "nfs": {"server": "nfs.local", "path": "/loras"}}
+    mounts = {m["name"]: m for m in _container(deployment, "comfyui")["volumeMounts"]}
+    assert mounts["extra-loras"] == {"name": "extra-loras", "mountPath": "/extra/loras", "readOnly": False}
+
+
+def test_comfyui_env_reaches_the_comfyui_container() -> None:
+    secret_ref = {"secretKeyRef": {"name": "keys", "key": "civitai"}}
+    doc = _minimal(
+        comfyui={
+            "env": [
+                {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"},
+                {"name": "CIVITAI_TOKEN", "valueFrom": secret_ref},
+            ]
+        }
+    )
+    env = _container(_deployment(doc), "comfyui")["env"]
+    assert {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"} in env
+    assert {"name": "CIVITAI_TOKEN", "valueFrom": secret_ref} in env
+    sidecar_names = {e["name"] for e in _container(_deployment(doc), "sidecar")["env"]}
+    assert "CIVITAI_TOKEN" not in sidecar_names

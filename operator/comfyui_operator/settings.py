@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from comfyui_operator import __version__
 
 DEFAULT_COMFYUI_IMAGE = "ghcr.io/saladtechnologies/comfyui-api:comfy0.19.3-torch2.8.0-cuda12.8-runtime"
 DEFAULT_SIDECAR_IMAGE = f"ghcr.io/comfyui-operator/sidecar:{__version__}"
+# The cluster's own namespaces: an instance there could run pods that mount their Secrets.
+DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 
 class OperatorSettings(BaseSettings):
@@ -22,6 +24,10 @@ class OperatorSettings(BaseSettings):
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Namespaces to watch, comma separated; empty means cluster-wide.",
+    )
+    excluded_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_EXCLUDED_NAMESPACES),
+        description="Namespaces whose instances are refused (status NamespaceExcluded), comma separated.",
     )
     sidecar_image: str = Field(
         default=DEFAULT_SIDECAR_IMAGE, min_length=1, description="Default sidecar image."
@@ -62,7 +68,7 @@ class OperatorSettings(BaseSettings):
         default=300, ge=1, le=3600, description="Longest retry delay (backoff cap)."
     )
 
-    @field_validator("namespaces", "comfyui_command", mode="before")
+    @field_validator("namespaces", "excluded_namespaces", "comfyui_command", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -70,13 +76,22 @@ class OperatorSettings(BaseSettings):
             return [part.strip() for part in value.split(separator) if part.strip()]
         return value
 
-    @field_validator("namespaces")
+    @field_validator("namespaces", "excluded_namespaces")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         for name in value:
             if len(name) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):  # DNS-1123 label
                 raise ValueError(f"{name!r} is not a namespace name")
         return value
+
+    @model_validator(mode="after")
+    def _watched_not_excluded(self) -> OperatorSettings:
+        both = sorted(set(self.namespaces) & set(self.excluded_namespaces))
+        if both:
+            raise ValueError(
+                f"namespaces {both} are both watched and excluded (COMFYUI_OPERATOR_EXCLUDED_NAMESPACES)"
+            )
+        return self
 
     @property
     def clusterwide(self) -> bool:

@@ -90,6 +90,8 @@ class Kube:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        *,
+        none_if_missing: bool = True,
     ) -> dict[str, Any] | None:
         headers = {"Accept": "application/json"}
         if content_type:
@@ -116,7 +118,7 @@ class Kube:
             raise KubeError(exc.status or 0, str(exc.reason)) from exc
         except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out: no answer at all
             raise KubeError(0, f"{type(exc).__name__}: {exc}"[:500]) from exc
-        if response.status == 404:
+        if response.status == 404 and none_if_missing:
             return None
         if response.status >= 300:
             raise KubeError(response.status, _error_message(raw), _error_causes(raw))
@@ -129,8 +131,14 @@ class Kube:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        *,
+        none_if_missing: bool = True,
     ) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._request_sync, method, path, query, body, content_type)
+        """The answer's JSON; None for 404 when `none_if_missing` (a read or delete of an object that is not
+        there), else a 404 raises like any other error (a write into a namespace that does not exist)."""
+        return await asyncio.to_thread(
+            self._request_sync, method, path, query, body, content_type, none_if_missing=none_if_missing
+        )
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -161,7 +169,9 @@ class Kube:
         meta = obj["metadata"]
         path = KINDS[obj["kind"]].path(meta["namespace"], meta["name"])
         query = {"fieldManager": FIELD_MANAGER, "force": "true"}
-        result = await self._request("PATCH", path, query, dict(obj), "application/apply-patch+yaml")
+        result = await self._request(
+            "PATCH", path, query, dict(obj), "application/apply-patch+yaml", none_if_missing=False
+        )
         return result or {}
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
@@ -175,17 +185,15 @@ class Kube:
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        result = await self._request(
-            "POST", KINDS[obj["kind"]].collection(meta["namespace"]), None, dict(obj)
-        )
+        collection = KINDS[obj["kind"]].collection(meta["namespace"])
+        result = await self._request("POST", collection, None, dict(obj), none_if_missing=False)
         return result or {}
 
     async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """PUT with the object's resourceVersion (optimistic concurrency; a conflict raises KubeError 409)."""
         meta = obj["metadata"]
-        result = await self._request(
-            "PUT", KINDS[obj["kind"]].path(meta["namespace"], meta["name"]), None, dict(obj)
-        )
+        path = KINDS[obj["kind"]].path(meta["namespace"], meta["name"])
+        result = await self._request("PUT", path, None, dict(obj), none_if_missing=False)
         return result or {}
 
 

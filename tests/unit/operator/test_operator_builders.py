@@ -1,7 +1,6 @@
 """Builders: golden files for every example, plus targeted properties.
 
-After an intended change, regenerate the golden files:
-    UPDATE_GOLDEN=1 python3 -m pytest tests/unit/operator
+After an intended change, regenerate the golden files (and everything else generated): `make generate`.
 """
 
 from __future__ import annotations
@@ -17,17 +16,17 @@ from comfyui_sidecar.cache import settings as cache_settings
 from comfyui_sidecar.model_paths import model_paths_text
 from comfyui_sidecar.settings import Settings
 from operator_testlib import (
-    EXAMPLES,
     GOLDEN,
-    UPDATE_GOLDEN,
-    dump_all,
+    example_documents,
     fixed_settings,
+    golden_files,
+    golden_path,
     instance_of,
-    load_docs,
+    render_golden,
     spec_of,
 )
 
-EXAMPLE_DOCS = [(path.name, doc) for path in sorted(EXAMPLES.glob("*.yaml")) for doc in load_docs(path)]
+EXAMPLE_DOCS = example_documents()
 
 
 def _build(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -57,13 +56,13 @@ def test_examples_are_there() -> None:
     ("file_name", "doc"), EXAMPLE_DOCS, ids=[f"{n}:{d['metadata']['name']}" for n, d in EXAMPLE_DOCS]
 )
 def test_golden(file_name: str, doc: dict[str, Any]) -> None:
-    rendered = dump_all(_build(doc))
-    golden = GOLDEN / f"{file_name.removesuffix('.yaml')}--{doc['metadata']['name']}.yaml"
-    if UPDATE_GOLDEN or not golden.exists():
-        golden.write_text(rendered)
-        if not UPDATE_GOLDEN:
-            pytest.fail(f"{golden.name} did not exist; written now, check it in")
-    assert rendered == golden.read_text(), f"{golden.name} differs; UPDATE_GOLDEN=1 regenerates it"
+    golden = golden_path(file_name, doc)
+    assert golden.exists(), f"{golden.name} is missing: `make generate` writes it"
+    assert render_golden(doc) == golden.read_text(), f"{golden.name} differs; `make generate` rewrites it"
+
+
+def test_no_stale_golden_files() -> None:
+    assert sorted(GOLDEN.glob("*.yaml")) == sorted(golden_files()), "`make generate` and delete the rest"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from comfyui_operator import api, crdgen
+from comfyui_operator.quantity import QUANTITY_PATTERN
 from operator_testlib import REPO
 
 
@@ -127,13 +128,46 @@ def test_defaults_are_valid_specs(crd: dict[str, Any]) -> None:
             assert node["type"] == "object"
 
 
-def test_quantities_are_int_or_string_with_pattern(crd: dict[str, Any]) -> None:
+def test_quantities_are_bounded_int_or_string_checked_by_a_rule(crd: dict[str, Any]) -> None:
     nodes = dict(_walk(_schema(crd)))
     limits = nodes[".spec.comfyui.resources.limits{}"]
     assert limits["x-kubernetes-int-or-string"] is True
-    assert limits["pattern"].startswith("^")
+    assert limits["maxLength"] == api.MAX_QUANTITY  # without it the rule's estimated cost is over budget
+    assert limits["x-kubernetes-validations"] == [
+        {
+            "rule": f"type(self) != string || self.matches(r'{QUANTITY_PATTERN}')",
+            "message": api.PATTERN_MESSAGES[QUANTITY_PATTERN],
+        }
+    ]
     assert nodes[".spec.cache.sizeLimit"]["x-kubernetes-int-or-string"] is True
     assert nodes[".spec.comfyui.resources.limits"]["maxProperties"] == 16
+
+
+def test_every_pattern_is_a_rule_with_a_message_a_user_can_act_on(crd: dict[str, Any]) -> None:
+    """A bare `pattern` makes the API server answer with the regex; each is a CEL rule with a message."""
+    assert all("pattern" not in node for _, node in _walk(_schema(crd)))
+    rules = [r for _, node in _walk(_schema(crd)) for r in node.get("x-kubernetes-validations", [])]
+    checked = {r["rule"].split("matches(r'", 1)[1][:-2] for r in rules if "matches(r'" in r["rule"]}
+    assert checked == set(api.PATTERN_MESSAGES)
+    for rule in rules:
+        assert not rule["message"].startswith(("^", "spec.")), rule
+
+
+def test_the_name_rule_names_the_field_not_nil(crd: dict[str, Any]) -> None:
+    rule = _schema(crd)["x-kubernetes-validations"][0]
+    assert rule["fieldPath"] == ".metadata.name"
+    assert _schema(crd)["properties"]["metadata"]["properties"]["name"] == {"type": "string"}
+    assert rule["messageExpression"].startswith("self.metadata.name + ")
+
+
+def test_kubectl_explain_shows_defaults_bounds_and_formats(crd: dict[str, Any]) -> None:
+    nodes = dict(_walk(_schema(crd)))
+    assert nodes[".spec.replicas"]["description"].endswith("Default: 1. From 0 to 1000.")
+    assert 'Default: "20Gi". Must be a size such as 20Gi' in nodes[".spec.cache.sizeLimit"]["description"]
+    assert "Default: 3000. From 1 to 65535." in nodes[".spec.service.port"]["description"]
+    assert "At most 64 entries." in nodes[".spec.comfyui.env"]["description"]
+    reference = crdgen.render_reference()
+    assert "Default: 1." not in reference  # the reference has its own column for these
 
 
 def test_crd_is_a_valid_custom_resource_definition(crd: dict[str, Any]) -> None:

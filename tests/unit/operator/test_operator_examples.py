@@ -89,6 +89,10 @@ def test_expected_message_matches_the_schema(path: Path) -> None:
             assert _node(match.group(1))["type"] == match.group(2), expect
         elif match := re.match(r'^unknown field "(spec\.[\w.]+)\.(\w+)"', expect):
             assert match.group(2) not in _node(match.group(1))["properties"], expect
+        elif match := re.match(r'^metadata\.name: Invalid value: "object": (\S+) (.+)$', expect):
+            assert api.NAME_RULE["fieldPath"] == ".metadata.name", expect  # not <nil>: the field is named
+            assert match.group(1) == yaml.safe_load(text)["metadata"]["name"], expect
+            assert api.NAME_MESSAGE.startswith(match.group(2)), expect
         else:
             assert any(expect in message for message in rule_messages), f"no CEL rule says {expect!r}"
         checked += 1

@@ -8,9 +8,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from comfyui_operator import api, crdgen
+from comfyui_operator import api, builders, crdgen
 from comfyui_operator.quantity import QUANTITY_PATTERN
-from operator_testlib import REPO
+from operator_testlib import REPO, fixed_settings
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,39 @@ def test_rendered_yaml_round_trips(crd: dict[str, Any]) -> None:
     text = crdgen.render_crd()
     assert text.startswith("# Generated")
     assert yaml.safe_load(text) == crd
+
+
+DOCS_WITH_GET_CUI = ("README.md", "docs/operator.md")
+
+
+def _get_cui_samples(text: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(command, header, rows) of every `$ kubectl get cui ...` console sample."""
+    samples = []
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("$ kubectl get cui"):
+            header = lines[index + 1].split()
+            rows = []
+            for row in lines[index + 2 :]:
+                if row.startswith(("$", "```")) or not row.strip():
+                    break
+                rows.append(row.split())
+            samples.append((line, header, rows))
+    return samples
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_GET_CUI)
+def test_kubectl_get_samples_show_the_crds_printer_columns(crd: dict[str, Any], doc: str) -> None:
+    """`kubectl get cui` shows the columns without a priority; `-o wide` adds the others, in CRD order."""
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    default = ["NAME", *(c["name"].upper() for c in columns if not c.get("priority"))]
+    wide = ["NAME", *(c["name"].upper() for c in columns)]
+    samples = _get_cui_samples((REPO / doc).read_text())
+    assert {"-o wide" in command for command, _, _ in samples} == {False, True}, doc
+    for command, header, rows in samples:
+        assert header == (wide if "-o wide" in command else default), command
+        namespace = command.split("-n ", 1)[1].split()[0] if "-n " in command else "default"
+        for row in rows:
+            instance = builders.InstanceRef(name=row[0], namespace=namespace, uid="x")
+            endpoint = builders.endpoint(instance, api.parse_spec({}), fixed_settings())
+            assert row[header.index("ENDPOINT")] == endpoint, command

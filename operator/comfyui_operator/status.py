@@ -234,8 +234,10 @@ def desired_conditions(observed: Observed) -> list[dict[str, Any]]:
     dep_generation = int(_get(dep, "status", "observedGeneration") or 0)
     dep_current = dep is not None and dep_generation >= int(_get(dep, "metadata", "generation") or 0)
     rolled_out = dep_current and updated >= desired and total <= desired and ready >= desired
-    if problem is not None and problem.reason == APPLY_FAILED:
-        rolled_out = False  # the pods still run an older spec
+    if problem is not None and problem.reason in (APPLY_FAILED, MISSING_REFERENCE):
+        # ApplyFailed: the pods still run an older spec. MissingReference: the pods need a PVC, ConfigMap or
+        # Secret that is not there, so they can not really serve (a simulated node may still call them ready).
+        rolled_out = False
 
     if problem is not None and problem.reason in NOT_APPLIED:
         why = "the spec is invalid" if problem.reason == INVALID_SPEC else "the namespace is excluded"

@@ -93,9 +93,15 @@ RETRIED_REASONS = frozenset({status.MISSING_REFERENCE, status.APPLY_FAILED})
 def result_label(problems: list[status.Problem]) -> str:
     """The `result` label of comfyui_operator_reconcile_total for a finished reconciliation."""
     reasons = {problem.reason for problem in problems}
-    if status.APPLY_FAILED in reasons:
-        return "apply_failed"
-    return "missing_reference" if reasons else "success"
+    for reason, label in (
+        (status.NAMESPACE_EXCLUDED, "namespace_excluded"),
+        (status.INVALID_SPEC, "invalid_spec"),
+        (status.APPLY_FAILED, "apply_failed"),
+        (status.MISSING_REFERENCE, "missing_reference"),
+    ):
+        if reason in reasons:
+            return label
+    return "success"
 
 
 def instance_ref(body: Mapping[str, Any]) -> builders.InstanceRef:
@@ -160,22 +166,10 @@ class Reconciler:
         key = (instance.namespace, instance.name)
         with metrics.timed_reconcile():
             try:
-                problems = self._refusals(instance)
-                if problems:
-                    self._remember(key, instance.generation, problems)
-                    await self.refresh_by_name(*key)
-                    self._record(key, "namespace_excluded")
-                    return problems
-                spec = api.parse_spec(dict(body.get("spec") or {}))
-            except (ValidationError, ValueError) as exc:
-                problems = [status.Problem(status.INVALID_SPEC, validation_message(exc))]
-                self._remember(key, instance.generation, problems)
-                await self.refresh_by_name(*key)
-                self._record(key, "invalid_spec")
-                return problems
-            try:
-                problems = await self._check_references(instance.namespace, spec)
-                problems += await self._apply_all(instance, spec)
+                problems, spec = self._validate(instance, body)
+                if spec is not None:
+                    problems = await self._check_references(instance.namespace, spec)
+                    problems += await self._apply_all(instance, spec)
                 self._remember(key, instance.generation, problems)
                 await self.refresh_by_name(*key)
             except KubeError as exc:
@@ -191,12 +185,17 @@ class Reconciler:
         self._record(key, result_label(problems))
         return problems
 
-    def _refusals(self, instance: builders.InstanceRef) -> list[status.Problem]:
-        """Why the operator will not act on this instance at all (checked before the spec)."""
+    def _validate(
+        self, instance: builders.InstanceRef, body: Mapping[str, Any]
+    ) -> tuple[list[status.Problem], api.ComfyUIInstanceSpec | None]:
+        """The spec to apply, or why nothing is applied: an excluded namespace, an invalid name or spec."""
         if instance.namespace in self.settings.excluded_namespaces:
-            return [status.Problem(status.NAMESPACE_EXCLUDED, excluded_message(instance.namespace))]
-        api.check_instance_name(instance.name)
-        return []
+            return [status.Problem(status.NAMESPACE_EXCLUDED, excluded_message(instance.namespace))], None
+        try:
+            api.check_instance_name(instance.name)
+            return [], api.parse_spec(dict(body.get("spec") or {}))
+        except (ValidationError, ValueError) as exc:
+            return [status.Problem(status.INVALID_SPEC, validation_message(exc))], None
 
     def _record(self, key: Key, result: str, *, critical: bool = False) -> None:
         self.tracker.record(_key_text(key), result, critical=critical)

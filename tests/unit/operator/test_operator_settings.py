@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import kopf
 import pytest
 from comfyui_operator import api, handlers, rbac
@@ -143,3 +145,16 @@ def test_no_handler_makes_kopf_add_a_finalizer() -> None:
     parts = (registry._changing, registry._spawning)  # the handler kinds kopf asks (kopf's processing.py)
     wanting = [str(h.id) for part in parts for h in part.get_all_handlers() if h.requires_finalizer]
     assert wanting == []
+
+
+def test_every_setting_is_in_the_docs_table() -> None:
+    from operator_testlib import REPO
+
+    text = (REPO / "docs" / "operator.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `COMFYUI_OPERATOR_")]
+    documented = set()
+    for row in rows:
+        names = re.findall(r"`(COMFYUI_OPERATOR_[A-Z_]+|_[A-Z_]+)`", row.split("|")[1])
+        documented |= {name if name.startswith("COMFYUI") else f"COMFYUI_OPERATOR{name}" for name in names}
+    fields = {f"COMFYUI_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
+    assert fields - documented == set()

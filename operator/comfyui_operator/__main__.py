@@ -15,6 +15,7 @@ import socket
 import sys
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 import urllib3
@@ -113,8 +114,11 @@ async def run(settings: OperatorSettings) -> int:
     own_identity = identity()
     if settings.leader_election:
         namespace = settings.lease_namespace
+        # Its own connection pool and thread: with hundreds of instances reconciling, the shared thread pool
+        # queues API calls for longer than the Lease lasts, and a leader that can not renew stops.
+        lease_kube = Kube(load_api_client(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease"))
         elector = LeaderElector(
-            kube, namespace, settings.lease_name, own_identity, settings.lease_duration_seconds
+            lease_kube, namespace, settings.lease_name, own_identity, settings.lease_duration_seconds
         )
         logger.info("waiting for the lease %s/%s", namespace, settings.lease_name)
         async with standby_health(settings.liveness_port):

@@ -6,9 +6,11 @@ thread (`asyncio.to_thread`) so the event loop never blocks. Objects are plain c
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -78,10 +80,14 @@ def load_api_client() -> client.ApiClient:
 
 
 class Kube:
-    """The operator's API calls. Every method is async and returns plain dicts."""
+    """The operator's API calls. Every method is async and returns plain dicts.
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    Calls run in `executor` (default: asyncio's shared thread pool, a handful of threads on a small node).
+    Give a caller that must never queue behind reconciliation traffic, the Lease renewal, its own."""
+
+    def __init__(self, api_client: client.ApiClient, executor: Executor | None = None) -> None:
         self._client = api_client
+        self._executor = executor
 
     def _request_sync(
         self,
@@ -136,9 +142,10 @@ class Kube:
     ) -> dict[str, Any] | None:
         """The answer's JSON; None for 404 when `none_if_missing` (a read or delete of an object that is not
         there), else a 404 raises like any other error (a write into a namespace that does not exist)."""
-        return await asyncio.to_thread(
+        call = functools.partial(
             self._request_sync, method, path, query, body, content_type, none_if_missing=none_if_missing
         )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

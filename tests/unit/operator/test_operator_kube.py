@@ -3,9 +3,12 @@ reads answers. The server here only records requests and replays canned answers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -165,3 +168,23 @@ async def test_a_write_into_a_missing_namespace_is_an_error_not_a_success(
         assert info.value.status == 404
     with pytest.raises(KubeError):
         await kube.apply({"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "comfyui-system"}})
+
+
+async def test_a_kube_with_its_own_executor_never_queues_behind_the_shared_pool(
+    server: tuple[Kube, Recorded, dict[str, Any]],
+) -> None:
+    """200 instances reconciling fill asyncio's shared thread pool with API calls; the Lease renewal queued
+    behind them was late by more than the Lease's duration and the leader stopped. Its own executor keeps it
+    on time."""
+    kube, _, _ = server
+    lease_kube = Kube(kube._client, ThreadPoolExecutor(max_workers=1))
+    loop = asyncio.get_running_loop()
+    gate = threading.Event()
+    busy = [loop.run_in_executor(None, gate.wait, 10) for _ in range(64)]  # every shared thread blocked
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(kube.get("Lease", "ns", "l"), timeout=0.5)
+        assert await asyncio.wait_for(lease_kube.get("Lease", "ns", "l"), timeout=5) == {"kind": "Ok"}
+    finally:
+        gate.set()
+        await asyncio.gather(*busy)

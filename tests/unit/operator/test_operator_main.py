@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,10 @@ async def test_a_crashed_lease_task_stops_the_operator(
         lost = False
         released = False
 
-        def __init__(self, *_: Any) -> None:
-            pass
+        kube: Any = None
+
+        def __init__(self, kube: Any, *_: Any) -> None:
+            CrashingElector.kube = kube
 
         async def wait_until_leader(self, stop: asyncio.Event) -> bool:
             return True
@@ -83,7 +86,7 @@ async def test_a_crashed_lease_task_stops_the_operator(
         await asyncio.wait_for(stop_flag.wait(), timeout=10)  # kopf runs until its stop flag is set
 
     monkeypatch.setattr(main_module, "load_api_client", lambda: None)
-    monkeypatch.setattr(main_module, "Kube", lambda _client: None)
+    monkeypatch.setattr(main_module, "Kube", lambda *args: args)
     monkeypatch.setattr(main_module, "LeaderElector", CrashingElector)
     monkeypatch.setattr(kopf, "operator", operator)
     settings = fixed_settings(metrics_port=0, liveness_port=0, leader_election=True)
@@ -91,6 +94,8 @@ async def test_a_crashed_lease_task_stops_the_operator(
         assert await asyncio.wait_for(main_module.run(settings), timeout=20) == 1
     assert "leader election failed" in caplog.text
     assert CrashingElector.released  # kopf has stopped: give the Lease to a standby at once
+    _, executor = CrashingElector.kube  # the Lease has its own thread: never queued behind reconciliation
+    assert isinstance(executor, ThreadPoolExecutor)
 
 
 def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -20,9 +20,6 @@ from comfyui_operator.settings import OperatorSettings
 
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": builders.MANAGER, "app.kubernetes.io/name": "comfyui"}
 INSTANCE_LABEL = "app.kubernetes.io/instance"
-# Attempts to converge an instance that reports a missing reference or a refused object, or whose Deployment
-# was deleted (about 80 min of backoff with the default settings).
-RETRY_ATTEMPTS = 20
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +60,11 @@ def register(
     periodic = PeriodicRefresh(refresher.schedule, settings.status_refresh_seconds)
 
     async def converge_again(namespace: str, name: str, first_attempt: int) -> None:
-        """Reconcile again with the operator's backoff while a retried problem (a missing reference, an object
-        the API server refused) or an API error remains, a bounded number of times."""
-        for attempt in range(first_attempt, RETRY_ATTEMPTS):
+        """Reconcile again with the operator's backoff (capped at RETRY_MAX_SECONDS) while a retried problem
+        (a missing reference, an object the API server refused) or an API error remains: until it is fixed,
+        the instance is deleted, or a new spec starts a new loop."""
+        attempt = first_attempt
+        while True:
             if attempt:
                 await asyncio.sleep(retry_delay(attempt - 1, settings))
             try:
@@ -80,14 +79,8 @@ def register(
                 error = "; ".join(retried)
             except KubeError as exc:
                 error = str(exc)
-            logger.debug("%s/%s not converged (attempt %d): %s", namespace, name, attempt + 1, error)
-        logger.warning(
-            "gave up retrying %s/%s after %d attempts (%s); the next spec change or restart retries it",
-            namespace,
-            name,
-            RETRY_ATTEMPTS,
-            error,
-        )
+            attempt += 1
+            logger.debug("%s/%s not converged (attempt %d): %s", namespace, name, attempt, error)
 
     retrier = Retrier(converge_again)
     resource = (api.GROUP, api.VERSION, api.PLURAL)

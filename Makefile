@@ -6,7 +6,7 @@ PYTHON ?= $(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
 TOOLS_ENV = eval "$$(hack/build-tools.sh --print-env)"
 
-.PHONY: help bootstrap lint test test-unit test-integration test-chart test-k8s e2e check crds images up down
+.PHONY: help bootstrap lint test test-unit test-integration test-chart test-k8s e2e check generate crds images up down
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -14,11 +14,12 @@ help: ## list the targets
 bootstrap: ## install everything the tests need (apt, pip, Go-built tools; cached)
 	hack/bootstrap.sh
 
-lint: ## ruff check, ruff format --check, mypy --strict, lint-imports (the sidecar's layers)
+lint: ## ruff check, ruff format --check, mypy --strict, lint-imports (the sidecar's layers), generated files current
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
 	$(VENV)/bin/lint-imports
+	$(PYTHON) hack/generate.py --check
 
 test-unit: ## pure logic: builders, rewriting, schemas
 	$(PYTEST) tests/unit
@@ -44,8 +45,10 @@ images: ## build the operator and sidecar images (tag: IMAGE_TAG, default dev)
 
 check: lint test test-k8s e2e ## everything CI runs
 
-crds: ## regenerate crds/ and the chart's copy from the pydantic models
-	$(PYTHON) -m comfyui_operator.crdgen --write
+generate: ## regenerate the CRDs (crds/, helm/crds/), docs/crd-reference.md, golden files, Helm values tables
+	$(PYTHON) hack/generate.py --write
+
+crds: generate ## alias of generate
 
 up: bootstrap ## kind cluster + images + helm install + example instance + one prompt end to end
 	hack/up.sh

@@ -59,6 +59,11 @@ helm.sh/chart: {{ include "comfyui-operator.chart" . }}
 {{- if not .Values.watch.namespaces -}}
 {{- fail "watch.namespaces must list at least one namespace when watch.scope is namespaces" -}}
 {{- end -}}
+{{- range .Values.watch.namespaces -}}
+{{- if has . $.Values.watch.excludedNamespaces -}}
+{{- fail (printf "watch.namespaces lists %s, which watch.excludedNamespaces excludes" .) -}}
+{{- end -}}
+{{- end -}}
 {{- join "," .Values.watch.namespaces -}}
 {{- end -}}
 {{- end -}}

@@ -15,6 +15,7 @@ import socket
 import sys
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 import urllib3
@@ -31,14 +32,45 @@ from comfyui_operator.settings import OperatorSettings, load_settings
 logger = logging.getLogger("comfyui_operator")
 
 
+class QuietWatchEvents(logging.Filter):
+    """Drops kopf's per-object lines below warning that kopf itself keeps out of Events (`k8s_skip`): one
+    "Handler 'pod_changed' succeeded." per watch event of every pod, Deployment and instance (about 200 lines
+    a minute for 200 idle instances). Handler results of spec changes and every warning or error stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not getattr(record, "k8s_skip", False)
+
+
 def configure_logging(settings: OperatorSettings) -> None:
     """JSON (default) or text logs on stderr, for kopf's loggers and ours alike."""
+    debug = settings.log_level == "debug"
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
-    kopf.configure(
-        debug=settings.log_level == "debug", verbose=settings.log_level == "debug", log_format=log_format
-    )
+    kopf.configure(debug=debug, verbose=debug, log_format=log_format)
     logging.getLogger().setLevel(settings.log_level.upper())
     logging.getLogger("comfyui_operator").setLevel(settings.log_level.upper())
+    kopf_objects = logging.getLogger("kopf.objects")
+    for old in [f for f in kopf_objects.filters if isinstance(f, QuietWatchEvents)]:
+        kopf_objects.removeFilter(old)
+    if not debug:
+        kopf_objects.addFilter(QuietWatchEvents())
+
+
+def unusable_ports(settings: OperatorSettings) -> list[str]:
+    """The operator's listening ports that another process holds already, as `VARIABLE=port: reason`."""
+    problems = []
+    for variable, port in (
+        ("METRICS_PORT", settings.metrics_port),
+        ("LIVENESS_PORT", settings.liveness_port),
+    ):
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind it
+            try:
+                probe.bind(("0.0.0.0", port))  # noqa: S104 - the servers listen on all interfaces
+            except OSError as exc:
+                problems.append(f"COMFYUI_OPERATOR_{variable}={port}: {exc.strerror or exc}")
+    return problems
 
 
 def identity() -> str:
@@ -63,19 +95,30 @@ async def run(settings: OperatorSettings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
+    busy = unusable_ports(settings)
+    if busy:
+        logger.error("port already in use, another operator running? %s", "; ".join(busy))
+        return 2
     try:
         kube = Kube(load_api_client())
     except config.ConfigException as exc:
         logger.error("no Kubernetes credentials (in-cluster or KUBECONFIG): %s", exc)
         return 2
-    metrics.start_metrics_server(settings.metrics_port)
+    try:
+        metrics.start_metrics_server(settings.metrics_port)
+    except OSError as exc:  # taken between the check and now
+        logger.error("COMFYUI_OPERATOR_METRICS_PORT=%d: %s", settings.metrics_port, exc.strerror or exc)
+        return 2
     lease_task: asyncio.Task[bool] | None = None
     elector: LeaderElector | None = None
     own_identity = identity()
     if settings.leader_election:
-        namespace = settings.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+        namespace = settings.lease_namespace
+        # Its own connection pool and thread: with hundreds of instances reconciling, the shared thread pool
+        # queues API calls for longer than the Lease lasts, and a leader that can not renew stops.
+        lease_kube = Kube(load_api_client(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease"))
         elector = LeaderElector(
-            kube, namespace, settings.lease_name, own_identity, settings.lease_duration_seconds
+            lease_kube, namespace, settings.lease_name, own_identity, settings.lease_duration_seconds
         )
         logger.info("waiting for the lease %s/%s", namespace, settings.lease_name)
         async with standby_health(settings.liveness_port):

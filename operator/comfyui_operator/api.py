@@ -38,11 +38,37 @@ EXTENDED_RESOURCE_NAME = (
 )
 # Sizes of emptyDirs: unsigned, no milli units, no exponent.
 SIZE_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE])?$"
+INT_OR_PERCENT = r"^([0-9]+%?)$"
+ABSOLUTE_PATH = r"^/"
+PUBLIC_URL = r"^https?://[^/?#\s]+(/[^?#\s]*)?$"
 MAX_NAME = 253
+MAX_QUANTITY = 64  # longest quantity string; bounds the CEL cost of checking it
+
+# What each pattern means, in the words the API server answers with when a value does not match (crdgen turns
+# every pattern into a CEL rule with this message and the value; a bare pattern would answer with the regex)
+# and that `kubectl explain` shows. Every pattern used in the models must be here.
+PATTERN_MESSAGES: dict[str, str] = {
+    DNS_SUBDOMAIN: "must be an object name: lower-case letters, digits, '-' and '.', starting and ending "
+    "with a letter or digit (e.g. comfyui-models)",
+    DNS_LABEL: "must be lower-case letters, digits and '-', starting and ending with a letter or digit "
+    "(e.g. loras)",
+    CONFIG_KEY: "must be a ConfigMap or Secret key: letters, digits, '-', '_' and '.' (e.g. workflow.json)",
+    ENV_NAME: "must be an environment variable name: letters, digits, '_', '-' and '.', not starting "
+    "with a digit",
+    EXTENDED_RESOURCE_NAME: "must be an extended resource name with a domain, e.g. nvidia.com/gpu, "
+    "amd.com/gpu or gpu.intel.com/i915",
+    SIZE_PATTERN: "must be a size such as 20Gi, 512Mi or 100G (suffixes Ki, Mi, Gi, Ti or k, M, G, T; "
+    "GB and MB are not Kubernetes units)",
+    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 24Gi, 512Mi, 500m or 2 (GB and MB are not "
+    "Kubernetes units)",
+    INT_OR_PERCENT: "must be a number of pods or a percentage, e.g. 1 or 25%",
+    ABSOLUTE_PATH: "must be an absolute path (starting with /)",
+    PUBLIC_URL: "must be an http(s) URL without query or fragment, e.g. https://comfy.example.com/api",
+}
 
 
 def _check_quantity(value: int | str) -> int | str:
-    if not is_quantity(value):
+    if not is_quantity(value) or len(str(value)) > MAX_QUANTITY:
         raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 100Gi, 512Mi, 500m, 2)")
     return value
 
@@ -50,7 +76,7 @@ def _check_quantity(value: int | str) -> int | str:
 def _check_size(value: int | str) -> int | str:
     if isinstance(value, bool) or (isinstance(value, int) and value < 0):
         raise ValueError(f"{value!r} is not a size (examples: 20Gi, 512Mi)")
-    if isinstance(value, str) and not re.match(SIZE_PATTERN, value):
+    if isinstance(value, str) and (len(value) > MAX_QUANTITY or not re.match(SIZE_PATTERN, value)):
         raise ValueError(f"{value!r} is not a size (examples: 20Gi, 512Mi)")
     return value
 
@@ -61,6 +87,7 @@ Quantity = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "maxLength": MAX_QUANTITY,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }
@@ -72,6 +99,7 @@ Size = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "maxLength": MAX_QUANTITY,
             "pattern": SIZE_PATTERN,
             "x-kubernetes-int-or-string": True,
         }
@@ -82,7 +110,8 @@ IntOrPercent = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": r"^([0-9]+%?)$",
+            "maxLength": MAX_QUANTITY,
+            "pattern": INT_OR_PERCENT,
             "x-kubernetes-int-or-string": True,
         }
     ),
@@ -198,7 +227,7 @@ class VolumeMount(ApiModel):
         min_length=1, max_length=57, pattern=DNS_LABEL, description="Name of an entry of spec.extraVolumes."
     )
     mount_path: str = Field(
-        min_length=1, max_length=4096, pattern=r"^/", description="Absolute path in the container."
+        min_length=1, max_length=4096, pattern=ABSOLUTE_PATH, description="Absolute path in the container."
     )
     read_only: bool = Field(default=True, description="Mount read-only (default true).")
     sub_path: str | None = Field(default=None, max_length=4096, description="Sub-path inside the volume.")
@@ -223,7 +252,10 @@ class ComfyUIContainer(ApiModel):
         description="Entrypoint; default: the operator's ComfyUI command (python main.py).",
     )
     working_dir: str | None = Field(
-        default=None, max_length=4096, pattern=r"^/", description="Working directory; default /opt/ComfyUI."
+        default=None,
+        max_length=4096,
+        pattern=ABSOLUTE_PATH,
+        description="Working directory; default /opt/ComfyUI.",
     )
     args: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=64)] | None = Field(
         default=None,
@@ -356,7 +388,10 @@ class CustomNodes(ApiModel):
         default=None, max_length=4096, description="Sub-path of the volume to mount."
     )
     mount_path: str = Field(
-        default="/opt/ComfyUI/custom_nodes", max_length=4096, pattern=r"^/", description="Where to mount it."
+        default="/opt/ComfyUI/custom_nodes",
+        max_length=4096,
+        pattern=ABSOLUTE_PATH,
+        description="Where to mount it.",
     )
 
 
@@ -412,9 +447,6 @@ class ApiAuth(ApiModel):
         description="v2: the token guards /api/v2 only; all: also the comfyui-api routes (/prompt, "
         "/interrupt, /models, /download). /health, /ready, /metrics and /docs stay open.",
     )
-
-
-PUBLIC_URL = r"^https?://[^/?#\s]+(/[^?#\s]*)?$"
 
 
 class Api(ApiModel):
@@ -700,17 +732,25 @@ class ComfyUIInstanceStatus(ApiModel):
 
 INSTANCE_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_INSTANCE_NAME = 55
-NAME_RULE = _cel(
-    f"self.metadata.name.size() <= {MAX_INSTANCE_NAME} && self.metadata.name.matches('{INSTANCE_NAME}')",
-    "metadata.name must be a DNS-1035 label (lower case letters, digits, '-', starting with a letter) "
-    f"of at most {MAX_INSTANCE_NAME} characters: it names the Service",
+NAME_MESSAGE = (
+    "must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter) "
+    f"of at most {MAX_INSTANCE_NAME} characters: it names the Service"
 )
+# On the root (only there does CEL see metadata.name); fieldPath makes the answer name the field, not <nil>.
+NAME_RULE: JsonDict = {
+    "rule": f"self.metadata.name.size() <= {MAX_INSTANCE_NAME} && "
+    f"self.metadata.name.matches('{INSTANCE_NAME}')",
+    "message": NAME_MESSAGE,
+    "messageExpression": f'self.metadata.name + " {NAME_MESSAGE}"',
+    "fieldPath": ".metadata.name",
+    "reason": "FieldValueInvalid",
+}
 
 
 def check_instance_name(name: str) -> None:
     """Raise ValueError when `name` can not name the instance's Service (same rule as the CRD's)."""
     if len(name) > MAX_INSTANCE_NAME or not re.match(INSTANCE_NAME, name):
-        raise ValueError(str(NAME_RULE["message"]))
+        raise ValueError(f"metadata.name {NAME_MESSAGE}")
 
 
 def parse_spec(spec: dict[str, Any]) -> ComfyUIInstanceSpec:

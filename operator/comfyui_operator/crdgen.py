@@ -5,7 +5,9 @@
 
 The pydantic JSON schema is turned into a structural OpenAPI v3 schema: `$ref`s inlined, `Optional` unions
 collapsed, titles dropped, `additionalProperties: false` dropped (the API server prunes unknown fields),
-free-form objects marked `x-kubernetes-preserve-unknown-fields`.
+free-form objects marked `x-kubernetes-preserve-unknown-fields`, and every `pattern` replaced by a CEL rule
+whose message says what the value must be (`api.PATTERN_MESSAGES`). In the CRD, each field's
+description also states its default, bounds and format, which `kubectl explain` shows nowhere else.
 """
 
 from __future__ import annotations
@@ -54,6 +56,50 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return {key: _resolve(value, defs) for key, value in node.items() if key not in _DROP}
 
 
+def _pattern_rule(node: dict[str, Any]) -> dict[str, str]:
+    """The CEL rule that replaces a node's `pattern`: same check, a message a user can act on. (No
+    messageExpression quoting the value: the API server's cost estimate for one on every string field of the
+    schema exceeds the CRD's budget 100 times over.)"""
+    pattern = str(node["pattern"])
+    message = api.PATTERN_MESSAGES.get(pattern)
+    if message is None:
+        raise ValueError(f"pattern {pattern!r} has no entry in api.PATTERN_MESSAGES")
+    if "'" in pattern:
+        raise ValueError(f"pattern {pattern!r} can not be quoted in CEL")
+    check = f"self.matches(r'{pattern}')"
+    if node.get("x-kubernetes-int-or-string"):
+        check = f"type(self) != string || {check}"
+    return {"rule": check, "message": message}
+
+
+def _explained(node: Any) -> Any:
+    """Append the default, bounds and format to every description (recursively), for `kubectl explain`."""
+    if isinstance(node, list):
+        return [_explained(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _explained(value) for key, value in node.items()}
+    if "description" not in out:
+        return out
+    details = []
+    if "default" in out and out["default"] != {}:
+        details.append(f"Default: {json.dumps(out['default'])}.")
+    if "minimum" in out and "maximum" in out:
+        details.append(f"From {out['minimum']} to {out['maximum']}.")
+    elif "minimum" in out:
+        details.append(f"At least {out['minimum']}.")
+    elif "maximum" in out:
+        details.append(f"At most {out['maximum']}.")
+    if "maxItems" in out:
+        details.append(f"At most {out['maxItems']} entries.")
+    if "pattern" in out:
+        message = api.PATTERN_MESSAGES.get(str(out["pattern"]), "")
+        details.append(message[:1].upper() + message[1:] + "." if message else "")
+    if details:
+        out["description"] = " ".join([str(out["description"]), *filter(None, details)])
+    return out
+
+
 def _structural(node: Any) -> Any:
     """Make one resolved schema node structural (recursively)."""
     if isinstance(node, list):
@@ -81,15 +127,19 @@ def _structural(node: Any) -> Any:
         out["maxProperties"] = out.pop("maxLength")
     if "minLength" in out and out.get("type") == "object":
         out["minProperties"] = out.pop("minLength")
+    if "pattern" in out:
+        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), _pattern_rule(out)]
+        del out["pattern"]
     return out
 
 
-def model_schema(model: type[api.ApiModel]) -> dict[str, Any]:
-    """The structural OpenAPI v3 schema of one pydantic model."""
+def model_schema(model: type[api.ApiModel], *, explain: bool = True) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of one pydantic model (descriptions with defaults and bounds when
+    `explain`)."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     resolved = _resolve(raw, defs)
-    result: dict[str, Any] = _structural(resolved)
+    result: dict[str, Any] = _structural(_explained(resolved) if explain else resolved)
     return result
 
 
@@ -119,23 +169,29 @@ def _printer_columns() -> list[dict[str, Any]]:
     ]
 
 
-def build_crd() -> dict[str, Any]:
-    """The complete CustomResourceDefinition as a dict."""
-    spec_schema = model_schema(api.ComfyUIInstanceSpec)
+def root_schema(*, explain: bool = True) -> dict[str, Any]:
+    """The openAPIV3Schema of the CRD."""
+    spec_schema = model_schema(api.ComfyUIInstanceSpec, explain=explain)
     spec_schema["default"] = {}
-    status_schema = model_schema(api.ComfyUIInstanceStatus)
-    root = {
+    status_schema = model_schema(api.ComfyUIInstanceStatus, explain=explain)
+    return {
         "type": "object",
         "x-kubernetes-validations": [api.NAME_RULE],
         "description": "A ComfyUI service: ComfyUI and the comfyui-api sidecar on GPU pods behind a Service.",
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object"},
+            # metadata.name is declared so the name rule's fieldPath can point at it.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema,
             "status": status_schema,
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    """The complete CustomResourceDefinition as a dict."""
+    root = root_schema()
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -203,8 +259,6 @@ def _rows(node: dict[str, Any], path: str, required: bool) -> list[str]:
     for key, label in (("minimum", "min"), ("maximum", "max"), ("maxItems", "max items")):
         if key in node:
             details.append(f"{label} {node[key]}")
-    if "pattern" in node:
-        details.append("pattern-checked")
     for rule in node.get("x-kubernetes-validations") or []:
         details.append(f"rule: {rule['message']}")
     description = str(node.get("description", "")).replace("|", "\\|").replace("\n", " ")
@@ -219,7 +273,7 @@ def _rows(node: dict[str, Any], path: str, required: bool) -> list[str]:
 
 def render_reference() -> str:
     """docs/crd-reference.md: every field of spec and status with type, default, bounds and description."""
-    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = root_schema(explain=False)  # the table has its own column for defaults and checks
     header = "| Field | Type | Required | Description | Defaults and checks |\n|---|---|---|---|---|"
     parts = [
         f"# {api.KIND} reference ({api.API_VERSION})",
@@ -231,7 +285,7 @@ def render_reference() -> str:
         "Subresources: `status`, `scale` (`.spec.replicas`, `.status.replicas`, `.status.selector`). "
         "`kubectl explain comfyuiinstance.spec` shows the same descriptions.",
         "",
-        "Object-wide rule: " + str(api.NAME_RULE["message"]) + ".",
+        "Object-wide rule: metadata.name " + api.NAME_MESSAGE + ".",
         "",
         "## spec",
         "",

@@ -12,15 +12,14 @@ from typing import Any
 
 import kopf
 
-from comfyui_operator import api, builders, status
+from comfyui_operator import api, builders
 from comfyui_operator.kube import KubeError
-from comfyui_operator.reconcile import RETRIED_REASONS, Debouncer, Reconciler, retry_delay
+from comfyui_operator.reconcile import RETRIED_REASONS, Reconciler, retry_delay
+from comfyui_operator.scheduling import Debouncer, PeriodicRefresh, Retrier
 from comfyui_operator.settings import OperatorSettings
 
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": builders.MANAGER, "app.kubernetes.io/name": "comfyui"}
 INSTANCE_LABEL = "app.kubernetes.io/instance"
-# Attempts to re-create a deleted Deployment (about 80 min of backoff with the default settings).
-REAPPLY_ATTEMPTS = 20
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +52,19 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
 def register(
     registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings
 ) -> Debouncer:
-    """Register every handler of the operator into `registry`. Returns the debouncer of status refreshes."""
-    refresher = Debouncer(reconciler.refresh_by_name)
+    """Register every handler of the operator into `registry`. Returns the debouncer of status refreshes.
 
-    async def reapply(namespace: str, name: str) -> None:
-        """Re-apply an instance whose Deployment was deleted; API errors and a refused apply are retried with
-        the operator's backoff, a bounded number of times."""
-        for attempt in range(REAPPLY_ATTEMPTS):
+    No handler makes kopf add its finalizer (no deletion handler, timer or daemon): the periodic refresh and
+    the retries are the operator's own tasks, so an instance can be deleted while no operator runs."""
+    refresher = Debouncer(reconciler.refresh_by_name)
+    periodic = PeriodicRefresh(refresher.schedule, settings.status_refresh_seconds)
+
+    async def converge_again(namespace: str, name: str, first_attempt: int) -> None:
+        """Reconcile again with the operator's backoff (capped at RETRY_MAX_SECONDS) while a retried problem
+        (a missing reference, an object the API server refused) or an API error remains: until it is fixed,
+        the instance is deleted, or a new spec starts a new loop."""
+        attempt = first_attempt
+        while True:
             if attempt:
                 await asyncio.sleep(retry_delay(attempt - 1, settings))
             try:
@@ -68,51 +73,44 @@ def register(
                     return
                 if not attempt:
                     logger.info("Deployment of %s/%s was deleted; re-applying", namespace, name)
-                problems = await reconciler.reconcile(body)
-                refused = [p.message for p in problems if p.reason == status.APPLY_FAILED]
-                if not refused:
+                retried = [p.message for p in await reconciler.reconcile(body) if p.reason in RETRIED_REASONS]
+                if not retried:
                     return
-                error = "; ".join(refused)
+                error = "; ".join(retried)
             except KubeError as exc:
                 error = str(exc)
-            logger.warning("re-applying %s/%s failed (attempt %d): %s", namespace, name, attempt + 1, error)
-        logger.error(
-            "gave up re-applying %s/%s after %d attempts; the next spec change re-applies it",
-            namespace,
-            name,
-            REAPPLY_ATTEMPTS,
-        )
+            attempt += 1
+            logger.debug("%s/%s not converged (attempt %d): %s", namespace, name, attempt, error)
 
-    reapplier = Debouncer(reapply, delay_seconds=0)  # one re-apply (with its retries) per instance at a time
+    retrier = Retrier(converge_again)
     resource = (api.GROUP, api.VERSION, api.PLURAL)
 
     @kopf.on.resume(*resource, id="converge", registry=registry)
     @kopf.on.create(*resource, id="converge", registry=registry)
     @kopf.on.update(*resource, id="converge", field="spec", registry=registry)
-    async def converge(body: kopf.Body, retry: int, **_: Any) -> None:
+    async def converge(body: kopf.Body, meta: kopf.Meta, retry: int, **_: Any) -> None:
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        retrier.cancel(namespace, name)  # this call applies the newest spec; a new retry loop starts below
         try:
             problems = await reconciler.reconcile(body)
         except KubeError as exc:  # API unreachable, 5xx, forbidden: a clear log line, retried with backoff
             raise kopf.TemporaryError(str(exc), delay=retry_delay(retry, settings)) from exc
-        retried = [problem.message for problem in problems if problem.reason in RETRIED_REASONS]
-        if retried:
-            raise kopf.TemporaryError("; ".join(retried), delay=retry_delay(retry, settings))
+        if any(problem.reason in RETRIED_REASONS for problem in problems):
+            # An expected state, already in status and an Event: retried quietly (kopf would log each retry
+            # of a TemporaryError at error level and post it as an Event).
+            retrier.start(namespace, name, first_attempt=1)
 
-    @kopf.timer(
-        *resource,
-        id="periodic_refresh",
-        interval=settings.status_refresh_seconds,
-        initial_delay=5,
-        registry=registry,
-    )
-    async def periodic_refresh(body: kopf.Body, meta: kopf.Meta, **_: Any) -> None:
-        refresher.schedule(str(meta["namespace"]), str(meta["name"]))
-
-    # A watch event, not an on.delete handler: without a finalizer kopf never calls deletion handlers.
-    @kopf.on.event(*resource, id="forget", registry=registry)
-    async def forget(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+    @kopf.on.event(*resource, id="instance_seen", registry=registry)
+    async def instance_seen(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+        """Keeps the set of instances the periodic refresh walks; forgets a deleted instance (kopf calls no
+        deletion handler for an object without its finalizer)."""
+        namespace, name = str(meta["namespace"]), str(meta["name"])
         if event.get("type") == "DELETED":
-            reconciler.forget(str(meta["namespace"]), str(meta["name"]))
+            periodic.discard(namespace, name)
+            retrier.cancel(namespace, name)
+            reconciler.forget(namespace, name)
+        else:
+            periodic.add(namespace, name)
 
     @kopf.on.event(
         "apps", "v1", "deployments", id="deployment_changed", labels=MANAGED_LABELS, registry=registry
@@ -123,7 +121,7 @@ def register(
             return
         namespace = str(meta["namespace"])
         if event.get("type") == "DELETED":
-            reapplier.schedule(namespace, instance)
+            retrier.start(namespace, instance)  # re-applies it unless the instance is being deleted
             return
         refresher.schedule(namespace, instance)
 
@@ -142,9 +140,14 @@ def register(
     def instances_probe(**_: Any) -> dict[str, int]:
         return reconciler.tracker.counts()
 
+    @kopf.on.startup(id="start_periodic_refresh", registry=registry)
+    async def start_periodic_refresh(**_: Any) -> None:
+        periodic.start()
+
     @kopf.on.cleanup(id="stop_refresher", registry=registry)
     async def stop_refresher(**_: Any) -> None:
+        await periodic.close()
         await refresher.close()
-        await reapplier.close()
+        await retrier.close()
 
     return refresher

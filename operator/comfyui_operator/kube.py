@@ -6,9 +6,11 @@ thread (`asyncio.to_thread`) so the event loop never blocks. Objects are plain c
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -78,10 +80,14 @@ def load_api_client() -> client.ApiClient:
 
 
 class Kube:
-    """The operator's API calls. Every method is async and returns plain dicts."""
+    """The operator's API calls. Every method is async and returns plain dicts.
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    Calls run in `executor` (default: asyncio's shared thread pool, a handful of threads on a small node).
+    Give a caller that must never queue behind reconciliation traffic, the Lease renewal, its own."""
+
+    def __init__(self, api_client: client.ApiClient, executor: Executor | None = None) -> None:
         self._client = api_client
+        self._executor = executor
 
     def _request_sync(
         self,
@@ -90,6 +96,8 @@ class Kube:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        *,
+        none_if_missing: bool = True,
     ) -> dict[str, Any] | None:
         headers = {"Accept": "application/json"}
         if content_type:
@@ -116,7 +124,7 @@ class Kube:
             raise KubeError(exc.status or 0, str(exc.reason)) from exc
         except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out: no answer at all
             raise KubeError(0, f"{type(exc).__name__}: {exc}"[:500]) from exc
-        if response.status == 404:
+        if response.status == 404 and none_if_missing:
             return None
         if response.status >= 300:
             raise KubeError(response.status, _error_message(raw), _error_causes(raw))
@@ -129,8 +137,15 @@ class Kube:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        *,
+        none_if_missing: bool = True,
     ) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._request_sync, method, path, query, body, content_type)
+        """The answer's JSON; None for 404 when `none_if_missing` (a read or delete of an object that is not
+        there), else a 404 raises like any other error (a write into a namespace that does not exist)."""
+        call = functools.partial(
+            self._request_sync, method, path, query, body, content_type, none_if_missing=none_if_missing
+        )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -161,7 +176,9 @@ class Kube:
         meta = obj["metadata"]
         path = KINDS[obj["kind"]].path(meta["namespace"], meta["name"])
         query = {"fieldManager": FIELD_MANAGER, "force": "true"}
-        result = await self._request("PATCH", path, query, dict(obj), "application/apply-patch+yaml")
+        result = await self._request(
+            "PATCH", path, query, dict(obj), "application/apply-patch+yaml", none_if_missing=False
+        )
         return result or {}
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
@@ -175,17 +192,15 @@ class Kube:
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        result = await self._request(
-            "POST", KINDS[obj["kind"]].collection(meta["namespace"]), None, dict(obj)
-        )
+        collection = KINDS[obj["kind"]].collection(meta["namespace"])
+        result = await self._request("POST", collection, None, dict(obj), none_if_missing=False)
         return result or {}
 
     async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """PUT with the object's resourceVersion (optimistic concurrency; a conflict raises KubeError 409)."""
         meta = obj["metadata"]
-        result = await self._request(
-            "PUT", KINDS[obj["kind"]].path(meta["namespace"], meta["name"]), None, dict(obj)
-        )
+        path = KINDS[obj["kind"]].path(meta["namespace"], meta["name"])
+        result = await self._request("PUT", path, None, dict(obj), none_if_missing=False)
         return result or {}
 
 

@@ -18,6 +18,8 @@ from comfyui_operator.kube import Kube, KubeError
 
 Decision = Literal["create", "acquire", "renew", "wait"]
 logger = logging.getLogger(__name__)
+# While the API server keeps failing, a warning is repeated this often (the first failure is logged at once).
+FAILURE_REMINDER = timedelta(minutes=5)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -94,6 +96,8 @@ class LeaderElector:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     lost: bool = False
     other_holder: str | None = None  # who held the Lease at the last attempt that found it taken
+    failing_since: datetime | None = None  # the API server has failed every attempt since then
+    _reported: datetime | None = None
 
     @property
     def retry_seconds(self) -> float:
@@ -107,6 +111,7 @@ class LeaderElector:
             decision = decide(lease, self.identity, now)
             if decision == "wait":
                 self.other_holder = str((lease or {}).get("spec", {}).get("holderIdentity"))
+                self._answered()
                 return False
             body = lease_body(
                 self.namespace,
@@ -120,10 +125,47 @@ class LeaderElector:
                 await self.kube.create(body)
             else:
                 await self.kube.replace(body)
-            return True
         except KubeError as exc:
-            logger.info("lease %s/%s not acquired: %s", self.namespace, self.name, exc)
+            self._failed(exc)
             return False
+        self._answered()
+        return True
+
+    def _failed(self, exc: KubeError) -> None:
+        """Log an API failure once when it starts, then as a reminder every FAILURE_REMINDER (not on every
+        attempt); a conflict is another replica writing the Lease at the same moment, nothing to report."""
+        if exc.status == 409:
+            logger.debug("lease %s/%s changed meanwhile: %s", self.namespace, self.name, exc)
+            return
+        now = self.clock()
+        if self.failing_since is None:
+            self.failing_since = self._reported = now
+            logger.warning(
+                "lease %s/%s: the API server failed (%s); retrying every %.0f s",
+                self.namespace,
+                self.name,
+                exc,
+                self.retry_seconds,
+            )
+        elif self._reported is not None and now - self._reported >= FAILURE_REMINDER:
+            self._reported = now
+            logger.warning(
+                "lease %s/%s: the API server has failed for %.0f s (%s)",
+                self.namespace,
+                self.name,
+                (now - self.failing_since).total_seconds(),
+                exc,
+            )
+        else:
+            logger.debug("lease %s/%s: the API server failed again: %s", self.namespace, self.name, exc)
+
+    def _answered(self) -> None:
+        if self.failing_since is not None:
+            seconds = (self.clock() - self.failing_since).total_seconds()
+            logger.info(
+                "lease %s/%s: the API server answers again after %.0f s", self.namespace, self.name, seconds
+            )
+            self.failing_since = self._reported = None
 
     async def release(self) -> None:
         """Give the Lease up on a clean shutdown so a standby takes over at once (errors are only logged)."""

@@ -30,7 +30,8 @@ INSTANCES = Gauge(
 )
 HEALTH = Gauge(
     "comfyui_operator_health_status",
-    "Operator health: 0 healthy, 1 warning (a reconcile failed), 2 critical (API unreachable or forbidden).",
+    "Operator health, the worst over all instances' last reconcile: 0 healthy, 1 warning (an unexpected "
+    "error), 2 critical (API unreachable, 401 or 403).",
 )
 BUILD_INFO = Gauge("comfyui_operator_build_info", "Build information.", ["version"])
 
@@ -39,26 +40,45 @@ _READY_STATES = ("True", "False", "Unknown")
 
 
 class InstanceTracker:
-    """Remembers each instance's Ready state and keeps the `comfyui_operator_instances` gauge in sync."""
+    """Remembers each instance's Ready state and the health of its last reconcile, and keeps the
+    `comfyui_operator_instances` and `comfyui_operator_health_status` gauges in sync. Health is the worst
+    over all instances, so one failing instance is not hidden by another's success."""
 
     def __init__(self) -> None:
         self._states: dict[str, str] = {}
+        self._health: dict[str, int] = {}
         self._publish()
 
     def set(self, key: str, ready: str) -> None:
         self._states[key] = ready if ready in _READY_STATES else "Unknown"
         self._publish()
 
+    def record(self, key: str, result: str, *, critical: bool = False) -> None:
+        """Count one reconciliation of `key`; an unexpected error makes its health 1, an unusable API
+        connection 2, anything else (problems shown in the instance's status included) 0."""
+        RECONCILE_TOTAL.labels(result=result).inc()
+        self._health[key] = CRITICAL if critical else WARNING if result == "error" else HEALTHY
+        self._publish()
+
     def forget(self, key: str) -> None:
         self._states.pop(key, None)
+        self._health.pop(key, None)
         self._publish()
 
     def counts(self) -> dict[str, int]:
         return {state: sum(1 for value in self._states.values() if value == state) for state in _READY_STATES}
 
+    def health(self) -> int:
+        return max(self._health.values(), default=HEALTHY)
+
+    def unhealthy(self) -> dict[str, int]:
+        """Instances whose last reconcile was not healthy, with their level."""
+        return {key: level for key, level in sorted(self._health.items()) if level != HEALTHY}
+
     def _publish(self) -> None:
         for state, count in self.counts().items():
             INSTANCES.labels(ready=state).set(count)
+        HEALTH.set(self.health())
 
 
 @contextmanager
@@ -70,19 +90,9 @@ def timed_reconcile() -> Iterator[None]:
         RECONCILE_DURATION.observe(time.monotonic() - start)
 
 
-def record_result(result: str, *, critical: bool = False) -> None:
-    """Count one reconciliation; an unexpected error makes health 1, an unusable API connection 2."""
-    RECONCILE_TOTAL.labels(result=result).inc()
-    if critical:
-        HEALTH.set(CRITICAL)
-    else:
-        HEALTH.set(WARNING if result == "error" else HEALTHY)
-
-
 def start_metrics_server(port: int) -> None:
     """Serve /metrics on all interfaces (0 disables)."""
     disable_created_metrics()  # type: ignore[no-untyped-call]
     BUILD_INFO.labels(version=__version__).set(1)
-    HEALTH.set(HEALTHY)
     if port:
         start_http_server(port)

@@ -39,7 +39,7 @@ WORKLOAD_RULES: tuple[PolicyRule, ...] = (
         (api.GROUP,),
         (api.PLURAL,),
         ("get", "list", "watch", "patch"),
-        "watch instances; kopf patches its finalizer and progress annotations",
+        "watch instances; kopf patches its progress annotations (and drops an older build's finalizer)",
     ),
     PolicyRule(
         (api.GROUP,), (f"{api.PLURAL}/status",), ("get", "patch"), "write status (only when it changed)"

@@ -93,9 +93,15 @@ RETRIED_REASONS = frozenset({status.MISSING_REFERENCE, status.APPLY_FAILED})
 def result_label(problems: list[status.Problem]) -> str:
     """The `result` label of comfyui_operator_reconcile_total for a finished reconciliation."""
     reasons = {problem.reason for problem in problems}
-    if status.APPLY_FAILED in reasons:
-        return "apply_failed"
-    return "missing_reference" if reasons else "success"
+    for reason, label in (
+        (status.NAMESPACE_EXCLUDED, "namespace_excluded"),
+        (status.INVALID_SPEC, "invalid_spec"),
+        (status.APPLY_FAILED, "apply_failed"),
+        (status.MISSING_REFERENCE, "missing_reference"),
+    ):
+        if reason in reasons:
+            return label
+    return "success"
 
 
 def instance_ref(body: Mapping[str, Any]) -> builders.InstanceRef:
@@ -152,6 +158,7 @@ class Reconciler:
     clock: Callable[[], str] = _now
     _problems: dict[Key, list[status.Problem]] = field(default_factory=dict)
     _generations: dict[Key, int] = field(default_factory=dict)
+    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
 
     async def reconcile(self, body: Mapping[str, Any]) -> list[status.Problem]:
         """Converge the owned objects to the spec and refresh status. Returns the problems found."""
@@ -159,31 +166,39 @@ class Reconciler:
         key = (instance.namespace, instance.name)
         with metrics.timed_reconcile():
             try:
-                api.check_instance_name(instance.name)
-                spec = api.parse_spec(dict(body.get("spec") or {}))
-            except (ValidationError, ValueError) as exc:
-                problems = [status.Problem(status.INVALID_SPEC, validation_message(exc))]
+                problems, spec = self._validate(instance, body)
+                if spec is not None:
+                    problems = await self._check_references(instance.namespace, spec)
+                    problems += await self._apply_all(instance, spec)
                 self._remember(key, instance.generation, problems)
-                await self.refresh(body, None)
-                metrics.record_result("invalid_spec")
-                return problems
-            try:
-                problems = await self._check_references(instance.namespace, spec)
-                problems += await self._apply_all(instance, spec)
-                self._remember(key, instance.generation, problems)
-                await self.refresh(body, spec)
+                await self.refresh_by_name(*key)
             except KubeError as exc:
                 if exc.namespace_terminating:
                     logger.info("namespace %s is being deleted; nothing to converge for %s", *key)
-                    metrics.record_result("namespace_terminating")
+                    self._record(key, "namespace_terminating")
                     return []
-                metrics.record_result("error", critical=exc.status in CRITICAL_STATUSES)
+                self._record(key, "error", critical=exc.status in CRITICAL_STATUSES)
                 raise
             except Exception:
-                metrics.record_result("error")
+                self._record(key, "error")
                 raise
-        metrics.record_result(result_label(problems))
+        self._record(key, result_label(problems))
         return problems
+
+    def _validate(
+        self, instance: builders.InstanceRef, body: Mapping[str, Any]
+    ) -> tuple[list[status.Problem], api.ComfyUIInstanceSpec | None]:
+        """The spec to apply, or why nothing is applied: an excluded namespace, an invalid name or spec."""
+        if instance.namespace in self.settings.excluded_namespaces:
+            return [status.Problem(status.NAMESPACE_EXCLUDED, excluded_message(instance.namespace))], None
+        try:
+            api.check_instance_name(instance.name)
+            return [], api.parse_spec(dict(body.get("spec") or {}))
+        except (ValidationError, ValueError) as exc:
+            return [status.Problem(status.INVALID_SPEC, validation_message(exc))], None
+
+    def _record(self, key: Key, result: str, *, critical: bool = False) -> None:
+        self.tracker.record(_key_text(key), result, critical=critical)
 
     async def _apply_all(
         self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec
@@ -220,8 +235,33 @@ class Reconciler:
         if any(owner.get("uid") == instance.uid for owner in owners):
             await self.kube.delete("PodDisruptionBudget", instance.namespace, instance.name)
 
-    async def refresh(self, body: Mapping[str, Any], spec: api.ComfyUIInstanceSpec | None) -> dict[str, Any]:
-        """Observe the owned Deployment and pods, derive status, write it only when it changed."""
+    def _lock(self, key: Key) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def refresh_by_name(self, namespace: str, name: str) -> None:
+        """Observe the owned Deployment and pods, derive status and write it only when it changed.
+
+        Every status refresh of the operator goes through here, one per instance at a time: the instance is
+        read inside the lock, so each refresh compares against the status the previous one wrote (never an
+        older observation over a newer one, never an Event posted twice)."""
+        key = (namespace, name)
+        async with self._lock(key):
+            body = await self.kube.get(api.KIND, namespace, name)
+            if body is None:
+                self.forget(namespace, name)
+                return
+            await self._refresh(body, self._spec_to_show(key, body))
+
+    def _spec_to_show(self, key: Key, body: Mapping[str, Any]) -> api.ComfyUIInstanceSpec | None:
+        """The parsed spec, or None when nothing is applied for it (refused, or it does not parse)."""
+        if any(problem.reason in status.NOT_APPLIED for problem in self._problems.get(key, [])):
+            return None
+        try:
+            return api.parse_spec(dict(body.get("spec") or {}))
+        except ValidationError:
+            return None
+
+    async def _refresh(self, body: Mapping[str, Any], spec: api.ComfyUIInstanceSpec | None) -> None:
         instance = instance_ref(body)
         key = (instance.namespace, instance.name)
         deployment = await self.kube.get("Deployment", instance.namespace, instance.name)
@@ -256,26 +296,29 @@ class Reconciler:
             await self.kube.patch_status(instance.namespace, instance.name, new)
             metrics.STATUS_WRITES_TOTAL.inc()
             for event_type, reason, message in transition_events(previous, new):
+                # Expected states (a missing reference, no GPU free...) are the user's to fix: they are in
+                # status and an Event; the log gets one info line per transition, not one per retry.
+                logger.info("%s/%s: %s %s: %s", *key, event_type, reason, message)
                 self.post_event(body, event_type, reason, message)
-        self.tracker.set(f"{instance.namespace}/{instance.name}", status.ready_state(new))
-        return new
-
-    async def refresh_by_name(self, namespace: str, name: str) -> None:
-        """Refresh after a change of an owned object (no apply; uses the problems of the last reconcile)."""
-        body = await self.kube.get(api.KIND, namespace, name)
-        if body is None:
-            self.forget(namespace, name)
-            return
-        try:
-            spec: api.ComfyUIInstanceSpec | None = api.parse_spec(dict(body.get("spec") or {}))
-        except ValidationError:
-            spec = None
-        await self.refresh(body, spec)
+        self.tracker.set(_key_text(key), status.ready_state(new))
 
     def forget(self, namespace: str, name: str) -> None:
         self._problems.pop((namespace, name), None)
         self._generations.pop((namespace, name), None)
-        self.tracker.forget(f"{namespace}/{name}")
+        self._locks.pop((namespace, name), None)
+        self.tracker.forget(_key_text((namespace, name)))
+
+
+def _key_text(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def excluded_message(namespace: str) -> str:
+    return (
+        f"namespace {namespace} is excluded: the operator does not manage instances there (its pods could "
+        "mount any Secret of that namespace); create the instance in another namespace, or remove "
+        f"{namespace} from COMFYUI_OPERATOR_EXCLUDED_NAMESPACES (chart value watch.excludedNamespaces)"
+    )
 
 
 def _raw_replicas(body: Mapping[str, Any]) -> int:
@@ -294,51 +337,3 @@ def _images(deployment: Mapping[str, Any] | None) -> dict[str, str]:
         elif container.get("name") == "sidecar":
             images["sidecarImage"] = str(container.get("image"))
     return images
-
-
-class Debouncer:
-    """Coalesces bursts of watch events into one refresh per instance: at most one task per instance, so
-    refreshes of one instance never overlap (an older observation can not overwrite a newer status)."""
-
-    # Refreshes run back to back while events keep arriving; past this the periodic refresh takes over.
-    MAX_BACK_TO_BACK = 30
-
-    def __init__(self, action: Callable[[str, str], Any], delay_seconds: float = 1.0) -> None:
-        self._action = action
-        self._delay = delay_seconds
-        self._pending: dict[Key, asyncio.Task[None]] = {}
-        self._again: set[Key] = set()  # scheduled while its refresh was running: refresh once more
-
-    def schedule(self, namespace: str, name: str) -> bool:
-        """Schedule a refresh; False when one is already pending (or running) for this instance."""
-        key = (namespace, name)
-        if key in self._pending:
-            self._again.add(key)
-            return False
-        self._pending[key] = asyncio.create_task(self._run(key))
-        return True
-
-    async def _run(self, key: Key) -> None:
-        try:
-            for _ in range(self.MAX_BACK_TO_BACK):
-                await asyncio.sleep(self._delay)
-                self._again.discard(key)  # the refresh below sees everything that happened until now
-                try:
-                    await self._action(*key)
-                except Exception:
-                    logger.exception("status refresh of %s/%s failed", *key)
-                if key not in self._again:
-                    return
-        finally:
-            self._pending.pop(key, None)
-            self._again.discard(key)
-
-    async def close(self) -> None:
-        tasks = list(self._pending.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)

@@ -4,7 +4,8 @@ Conditions (metav1.Condition shape):
   Ready        True when every desired replica of the current spec is ready.
   Progressing  True while the Deployment works towards the spec (also while blocked but still retrying).
   Degraded     True when something needs a human: a missing reference, an image that can not be pulled,
-               a crash loop, pods no node can take, an invalid spec, a stuck rollout.
+               a crash loop, pods no node can take, an invalid spec, an excluded namespace, a stuck
+               rollout.
 `lastTransitionTime` only changes when a condition's status changes.
 """
 
@@ -21,6 +22,7 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 
 # Reasons (CamelCase; also used as Event reasons).
+NAMESPACE_EXCLUDED = "NamespaceExcluded"
 INVALID_SPEC = "InvalidSpec"
 APPLY_FAILED = "ApplyFailed"
 MISSING_REFERENCE = "MissingReference"
@@ -45,6 +47,7 @@ _LISTED_PROBLEMS = 2
 
 # Most specific problem first: what a human must fix before anything else helps.
 _PROBLEM_ORDER = (
+    NAMESPACE_EXCLUDED,
     INVALID_SPEC,
     APPLY_FAILED,
     MISSING_REFERENCE,
@@ -56,6 +59,10 @@ _PROBLEM_ORDER = (
     REPLICA_FAILURE,
     PROGRESS_DEADLINE_EXCEEDED,
 )
+
+
+# Problems for which nothing is applied at all.
+NOT_APPLIED = frozenset({NAMESPACE_EXCLUDED, INVALID_SPEC})
 
 
 @dataclass(frozen=True)
@@ -227,18 +234,16 @@ def desired_conditions(observed: Observed) -> list[dict[str, Any]]:
     dep_generation = int(_get(dep, "status", "observedGeneration") or 0)
     dep_current = dep is not None and dep_generation >= int(_get(dep, "metadata", "generation") or 0)
     rolled_out = dep_current and updated >= desired and total <= desired and ready >= desired
-    if problem is not None and problem.reason == APPLY_FAILED:
-        rolled_out = False  # the pods still run an older spec
+    if problem is not None and problem.reason in (APPLY_FAILED, MISSING_REFERENCE):
+        # ApplyFailed: the pods still run an older spec. MissingReference: the pods need a PVC, ConfigMap or
+        # Secret that is not there, so they can not really serve (a simulated node may still call them ready).
+        rolled_out = False
 
-    if problem is not None and problem.reason == INVALID_SPEC:
+    if problem is not None and problem.reason in NOT_APPLIED:
+        why = "the spec is invalid" if problem.reason == INVALID_SPEC else "the namespace is excluded"
         return [
             _condition(READY, False, problem.reason, problem.message),
-            _condition(
-                PROGRESSING,
-                False,
-                problem.reason,
-                "the spec is invalid; nothing is applied until it is fixed",
-            ),
+            _condition(PROGRESSING, False, problem.reason, f"{why}; nothing is applied until it is fixed"),
             _condition(DEGRADED, True, problem.reason, problem.message),
         ]
     if dep is None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from comfyui_operator import settings as settings_module
 
-from .conftest import CI_VALUES, Manifest, Render, one
-
-settings_module = pytest.importorskip(
-    "comfyui_operator.settings", reason="comfyui_operator.settings not written"
-)
+from .conftest import CI_VALUES, KUBE_VERSIONS, Manifest, Render, one, run_helm, template_args
 
 POD_NAMESPACE = "comfyui-system"
 CHART_ENV_NAMES_OUTSIDE_SETTINGS = {"POD_NAME", "POD_NAMESPACE", "HTTPS_PROXY", "COMFYUI_OPERATOR_EXTRA_FLAG"}
@@ -64,3 +62,41 @@ def test_namespaced_values_reach_the_settings(render: Render, monkeypatch: pytes
     assert settings.namespaces == ["ai", "batch"]
     assert not settings.clusterwide
     assert settings.log_format == "text"
+
+
+def test_the_chart_and_a_local_run_contend_for_one_lease(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed as the docs say (namespace comfyui-system), the chart's operator and one started locally
+    (`comfyui-operator` with a kubeconfig, docs/operator.md) use the same Lease, so only one of them acts."""
+    for name in [*os.environ]:
+        if name.startswith("COMFYUI_OPERATOR_") or name in {"POD_NAME", "POD_NAMESPACE"}:
+            monkeypatch.delenv(name)
+    local = settings_module.OperatorSettings()
+    for values in CI_VALUES:
+        for name, value in container_env(one(render([values]), "Deployment")).items():
+            monkeypatch.setenv(name, value)
+        chart = settings_module.OperatorSettings()
+        assert (chart.lease_namespace, chart.lease_name) == (local.lease_namespace, local.lease_name), (
+            values.stem
+        )
+
+
+def test_excluded_namespaces_reach_the_settings_and_may_not_be_watched(
+    render: Render, helm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in container_env(one(render(), "Deployment")).items():
+        monkeypatch.setenv(name, value)
+    assert settings_module.OperatorSettings().excluded_namespaces == list(
+        settings_module.DEFAULT_EXCLUDED_NAMESPACES
+    )
+    docs = render(sets=["watch.excludedNamespaces={kube-system,platform}"])
+    for name, value in container_env(one(docs, "Deployment")).items():
+        monkeypatch.setenv(name, value)
+    assert settings_module.OperatorSettings().excluded_namespaces == ["kube-system", "platform"]
+    args = template_args(
+        [], ["watch.scope=namespaces", "watch.namespaces={ai,kube-system}"], KUBE_VERSIONS[-1]
+    )
+    result = run_helm(helm, *args)
+    assert result.returncode != 0
+    assert "watch.namespaces lists kube-system, which watch.excludedNamespaces excludes" in result.stderr

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
+from comfyui_operator import rbac
 
 from .conftest import NAMESPACE, RELEASE, Manifest, Render, by_kind, one
-
-rbac = pytest.importorskip("comfyui_operator.rbac", reason="comfyui_operator.rbac is not written yet")
 
 FULLNAME = f"{RELEASE}-comfyui-operator"
 

@@ -79,13 +79,17 @@ def with_table(document: str, generated: str) -> str:
     return document[:start] + "\n" + generated + document[end:]
 
 
-def main(argv: list[str]) -> int:
+def generated_files() -> dict[Path, str]:
+    """Each target with its current table (what `--write` writes)."""
     generated = table()
+    return {target: with_table(target.read_text(), generated) for target in TARGETS}
+
+
+def main(argv: list[str]) -> int:
     if "--write" not in argv:
-        sys.stdout.write(generated)
+        sys.stdout.write(table())
         return 0
-    for target in TARGETS:
-        updated = with_table(target.read_text(), generated)
+    for target, updated in generated_files().items():
         tmp = target.with_suffix(".tmp")
         tmp.write_text(updated)
         tmp.replace(target)

@@ -127,6 +127,23 @@ def operator_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "comfyui_operator"]
 
 
+def log_records(log_text: str) -> list[dict[str, Any]]:
+    """The operator's JSON log lines (the chart's default format) as dicts; other lines are left out."""
+    records = []
+    for line in log_text.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def lines_at(log_text: str, *severities: str) -> list[str]:
+    """Messages of the JSON log lines with one of `severities` (kopf's names: debug, info, warn, error)."""
+    return [str(r.get("message")) for r in log_records(log_text) if r.get("severity") in severities]
+
+
 def forbidden_lines(log_text: str) -> list[str]:
     """Log lines that report an authorization failure (HTTP 403 / Forbidden)."""
     return [line for line in log_text.splitlines() if _FORBIDDEN.search(line)]

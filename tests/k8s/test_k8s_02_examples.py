@@ -4,6 +4,7 @@ the model PVC read-only, cache emptyDirs with their size limits, status Ready, p
 from __future__ import annotations
 
 import pytest
+from comfyui_operator import crdgen
 from k8s_cluster import GPU_RESOURCE
 from k8s_expected import chart_settings, differences_from_builders
 from k8s_instances import (
@@ -86,9 +87,15 @@ def test_example_is_served_as_promised(
         for pod in pods:
             problems += _pod_problems(pod, spec, gpu_nodes)
     assert problems == []
+    columns = crdgen.build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    default = ["NAME", *(c["name"].upper() for c in columns if not c.get("priority"))]
+    wide = ["NAME", *(c["name"].upper() for c in columns)]
     table = kubectl.out("get", "cui", "-n", namespace)
-    header = table.splitlines()[0].split()
-    assert {"READY", "REPLICAS", "ENDPOINT", "AGE"} <= set(header), header
+    assert table.splitlines()[0].split() == default, table
+    assert kubectl.out("get", "cui", "-n", namespace, "-o", "wide").splitlines()[0].split() == wide
     for item in instances_in(documents):
-        assert item["metadata"]["name"] in table
+        name = item["metadata"]["name"]
+        row = next(line.split() for line in table.splitlines() if line.split()[0] == name)
+        live = kubectl.get(RESOURCE, name, namespace) or {}
+        assert row[default.index("ENDPOINT")] == live["status"]["endpoint"], row
     assert len(kubectl.items(RESOURCE, namespace)) == len(instances_in(documents))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from k8s_instances import EXAMPLES, RESOURCE, in_namespace, load_documents
+from k8s_instances import EXAMPLES, RESOURCE, in_namespace, instance, load_documents
 from k8s_kubectl import Kubectl, Manifest, dump_manifests, wait_for
 from k8s_operator import OperatorProcess
 from k8s_session import Release
@@ -82,3 +82,35 @@ def test_invalid_example_is_reported_by_the_operator(
     assert events, f"no Event with reason {reason}"
     assert events[0]["type"] == "Warning"
     assert operator.running, "an invalid spec must not crash the operator"
+
+
+def test_an_instance_in_an_excluded_namespace_is_refused(kubectl: Kubectl, operator: OperatorProcess) -> None:
+    """Cluster-wide, the operator could create pods (that mount any Secret there) in every namespace; the
+    cluster's own namespaces are excluded: nothing is created, the status and a Warning Event say why."""
+    name, excluded = "not-here", "kube-system"
+    kubectl.apply([instance(name)], excluded)
+    try:
+
+        def refused() -> Manifest | None:
+            live = kubectl.get(RESOURCE, name, excluded) or {}
+            for cond in live.get("status", {}).get("conditions", []) or []:
+                if cond.get("type") == "Degraded" and cond.get("reason") == "NamespaceExcluded":
+                    return dict(cond)
+            return None
+
+        cond = wait_for(refused, timeout=60, what="a NamespaceExcluded condition")
+        assert f"namespace {excluded} is excluded" in cond["message"]
+        assert kubectl.get("deployment", name, excluded) is None
+        assert kubectl.get("configmap", f"{name}-config", excluded) is None
+
+        def events() -> list[Manifest]:
+            return [
+                e
+                for e in kubectl.items("events", excluded)
+                if e.get("involvedObject", {}).get("name") == name and e.get("reason") == "NamespaceExcluded"
+            ]
+
+        posted = wait_for(events, timeout=30, what="a NamespaceExcluded Event")
+        assert [event["type"] for event in posted] == ["Warning"]
+    finally:
+        kubectl.run("delete", "cui", name, "-n", excluded, "--wait=false", check=False)

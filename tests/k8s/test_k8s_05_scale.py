@@ -1,4 +1,5 @@
-"""Scenario 5: `kubectl scale` through the scale subresource, and an HPA that can read the scale."""
+"""Scenario 5: `kubectl scale` through the scale subresource, and an HPA (the real controller) that reads the
+scale and scales the instance (KEDA drives an HPA the same way)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from k8s_kubectl import Kubectl, Manifest, wait_for
 from k8s_operator import OperatorProcess
 
 
-def _hpa(target: str) -> Manifest:
+def _hpa(target: str, min_replicas: int = 1) -> Manifest:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -20,7 +21,7 @@ def _hpa(target: str) -> Manifest:
                 "kind": "ComfyUIInstance",
                 "name": target,
             },
-            "minReplicas": 1,
+            "minReplicas": min_replicas,
             "maxReplicas": 4,
             "metrics": [
                 {
@@ -73,3 +74,15 @@ def test_hpa_targeting_the_instance_can_scale_it(
 
     cond = wait_for(able, timeout=90, what="the HPA controller to read the instance's scale subresource")
     assert cond["reason"] == "SucceededGetScale"
+
+    # Below the HPA's minimum the controller scales without any metric (none is served in this cluster):
+    # it writes the instance's /scale, and the operator carries it to the pods.
+    kubectl.apply([_hpa("autoscaled", min_replicas=2)], namespace)
+
+    def scaled_by_hpa() -> Manifest | None:
+        live = kubectl.get("cui", "autoscaled", namespace) or {}
+        return live if live.get("spec", {}).get("replicas") == 2 else None
+
+    wait_for(scaled_by_hpa, timeout=90, what="the HPA controller to scale the instance to its minimum of 2")
+    live = wait_ready(kubectl, "autoscaled", namespace, timeout=120)
+    assert live["status"]["readyReplicas"] == 2

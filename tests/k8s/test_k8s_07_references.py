@@ -1,5 +1,6 @@
 """Scenario 7: a missing PVC / ConfigMap / Secret reference -> a clear condition and a Warning Event;
-created later -> the instance converges by itself (nobody touches it).
+created later -> the instance converges by itself (nobody touches it). The operator retries quietly: a missing
+reference is the user's to fix, not an operator error (no error-level log line, no kopf "failed" Event).
 
 A missing Secret shows only on the pods (the kubelet reports CreateContainerConfigError), which kwok does not
 simulate: that case runs on the node of the stand-in kubelet (k8s_kubelet.py)."""
@@ -12,7 +13,7 @@ import pytest
 from k8s_instances import RESOURCE, in_namespace, instance, prerequisites, wait_ready
 from k8s_kubectl import Kubectl, Manifest, wait_for
 from k8s_kubelet import PLACEMENT, TestKubelet
-from k8s_operator import OperatorProcess
+from k8s_operator import OperatorProcess, lines_at
 
 MISSING: dict[str, tuple[str, Manifest]] = {
     "pvc": ("late-models", {"models": {"claimName": "late-models"}}),
@@ -35,6 +36,7 @@ def _condition_naming(obj: Manifest | None, name: str) -> Manifest | None:
 def test_missing_reference_is_reported_and_heals(
     kind: str, kubectl: Kubectl, operator: OperatorProcess, namespace: str, kubelet: TestKubelet
 ) -> None:
+    log_start = operator.log_size()
     missing, spec = MISSING[kind]
     placement = PLACEMENT if kind == "secret" else {}
     item = instance(f"refs-{kind}", **spec, **placement)
@@ -69,3 +71,8 @@ def test_missing_reference_is_reported_and_heals(
 
     kubectl.apply(in_namespace(prerequisites(namespace, [item]), namespace))
     wait_ready(kubectl, name, namespace, timeout=150)
+    assert lines_at(operator.log_text(log_start), "error") == []
+    events = [
+        e for e in kubectl.items("events", namespace) if e.get("involvedObject", {}).get("name") == name
+    ]
+    assert not [e for e in events if e.get("type") == "Error"], "kopf posted a handler failure as an Event"

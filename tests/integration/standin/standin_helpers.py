@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
+from transcripts import TRANSCRIPTS
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+# Recordings of a real ComfyUI, shared with the unit tests (tests/data/comfyui-transcripts/README.md).
+GOLDEN = TRANSCRIPTS
 
 
 def golden(name: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from comfyui_operator.settings import OperatorSettings
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 GOLDEN = Path(__file__).resolve().parent / "golden"
-UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 
 
 def fixed_settings(**overrides: Any) -> OperatorSettings:
@@ -59,3 +57,22 @@ _ReadableDumper.add_representer(str, _str)
 
 def dump_all(objects: list[dict[str, Any]]) -> str:
     return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False, width=120)
+
+
+def example_documents() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, instance) for every instance in examples/*.yaml."""
+    return [(path.name, doc) for path in sorted(EXAMPLES.glob("*.yaml")) for doc in load_docs(path)]
+
+
+def golden_path(file_name: str, doc: dict[str, Any]) -> Path:
+    return GOLDEN / f"{file_name.removesuffix('.yaml')}--{doc['metadata']['name']}.yaml"
+
+
+def render_golden(doc: dict[str, Any]) -> str:
+    """Every object the builders make for one example instance, as the golden file holds them."""
+    return dump_all(builders.build_all(instance_of(doc), spec_of(doc), fixed_settings()))
+
+
+def golden_files() -> dict[Path, str]:
+    """The builders' golden files and their expected content (`make generate` writes them)."""
+    return {golden_path(name, doc): render_golden(doc) for name, doc in example_documents()}

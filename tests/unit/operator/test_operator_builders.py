@@ -1,7 +1,6 @@
 """Builders: golden files for every example, plus targeted properties.
 
-After an intended change, regenerate the golden files:
-    UPDATE_GOLDEN=1 python3 -m pytest tests/unit/operator
+After an intended change, regenerate the golden files (and everything else generated): `make generate`.
 """
 
 from __future__ import annotations
@@ -12,20 +11,22 @@ import kubernetes_validate
 import pytest
 import yaml
 from comfyui_operator import api, builders
+from comfyui_sidecar import settings as sidecar_settings
+from comfyui_sidecar.cache import settings as cache_settings
 from comfyui_sidecar.model_paths import model_paths_text
 from comfyui_sidecar.settings import Settings
 from operator_testlib import (
-    EXAMPLES,
     GOLDEN,
-    UPDATE_GOLDEN,
-    dump_all,
+    example_documents,
     fixed_settings,
+    golden_files,
+    golden_path,
     instance_of,
-    load_docs,
+    render_golden,
     spec_of,
 )
 
-EXAMPLE_DOCS = [(path.name, doc) for path in sorted(EXAMPLES.glob("*.yaml")) for doc in load_docs(path)]
+EXAMPLE_DOCS = example_documents()
 
 
 def _build(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -55,13 +56,13 @@ def test_examples_are_there() -> None:
     ("file_name", "doc"), EXAMPLE_DOCS, ids=[f"{n}:{d['metadata']['name']}" for n, d in EXAMPLE_DOCS]
 )
 def test_golden(file_name: str, doc: dict[str, Any]) -> None:
-    rendered = dump_all(_build(doc))
-    golden = GOLDEN / f"{file_name.removesuffix('.yaml')}--{doc['metadata']['name']}.yaml"
-    if UPDATE_GOLDEN or not golden.exists():
-        golden.write_text(rendered)
-        if not UPDATE_GOLDEN:
-            pytest.fail(f"{golden.name} did not exist; written now, check it in")
-    assert rendered == golden.read_text(), f"{golden.name} differs; UPDATE_GOLDEN=1 regenerates it"
+    golden = golden_path(file_name, doc)
+    assert golden.exists(), f"{golden.name} is missing: `make generate` writes it"
+    assert render_golden(doc) == golden.read_text(), f"{golden.name} differs; `make generate` rewrites it"
+
+
+def test_no_stale_golden_files() -> None:
+    assert sorted(GOLDEN.glob("*.yaml")) == sorted(golden_files()), "`make generate` and delete the rest"
 
 
 @pytest.mark.parametrize(
@@ -176,8 +177,6 @@ def test_secrets_only_by_reference() -> None:
 
 
 def test_sidecar_env_names_exist_in_sidecar_settings() -> None:
-    sidecar_settings = pytest.importorskip("comfyui_sidecar.settings")
-    cache_settings = pytest.importorskip("comfyui_sidecar.cache.settings")
     known = {name.upper() for name in sidecar_settings.Settings.model_fields}
     known |= {name.upper() for name in cache_settings.CacheSettings.model_fields}
     known |= {"HOME"}
@@ -395,3 +394,54 @@ def test_peers_are_the_pods_of_a_headless_service_that_lists_not_ready_pods() ->
     assert env["ID_KEY"] == instance_of(doc).uid
     assert env["ASSET_MAX_BYTES"] == str(1024**3)
     kubernetes_validate.validate(peers, "1.30", strict=True)
+
+
+def test_custom_nodes_are_mounted_read_only_into_comfyui_only() -> None:
+    doc = _minimal(customNodes={"claimName": "nodes", "subPath": "v2"})
+    deployment = _deployment(doc)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["custom-nodes"]["persistentVolumeClaim"] == {"claimName": "nodes", "readOnly": True}
+    mounts = {m["name"]: m for m in _container(deployment, "comfyui")["volumeMounts"]}
+    assert mounts["custom-nodes"] == {
+        "name": "custom-nodes",
+        "mountPath": "/opt/ComfyUI/custom_nodes",
+        "readOnly": True,
+        "subPath": "v2",
+    }
+    assert "custom-nodes" not in {m["name"] for m in _container(deployment, "sidecar")["volumeMounts"]}
+
+
+def test_image_pull_secrets_reach_the_pod() -> None:
+    doc = _minimal(imagePullSecrets=[{"name": "registry-a"}, {"name": "registry-b"}])
+    pod = _deployment(doc)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
+    assert "imagePullSecrets" not in _deployment(_minimal())["spec"]["template"]["spec"]
+
+
+def test_extra_volumes_are_in_the_pod_and_mounted_as_asked() -> None:
+    doc = _minimal(
+        extraVolumes=[{"name": "loras", "nfs": {"server": "nfs.local", "path": "/loras"}}],
+        comfyui={"extraVolumeMounts": [{"name": "loras", "mountPath": "/extra/loras", "readOnly": False}]},
+    )
+    deployment = _deployment(doc)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["extra-loras"] == {"name": "extra-loras", "nfs": {"server": "nfs.local", "path": "/loras"}}
+    mounts = {m["name"]: m for m in _container(deployment, "comfyui")["volumeMounts"]}
+    assert mounts["extra-loras"] == {"name": "extra-loras", "mountPath": "/extra/loras", "readOnly": False}
+
+
+def test_comfyui_env_reaches_the_comfyui_container() -> None:
+    secret_ref = {"secretKeyRef": {"name": "keys", "key": "civitai"}}
+    doc = _minimal(
+        comfyui={
+            "env": [
+                {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"},
+                {"name": "CIVITAI_TOKEN", "valueFrom": secret_ref},
+            ]
+        }
+    )
+    env = _container(_deployment(doc), "comfyui")["env"]
+    assert {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"} in env
+    assert {"name": "CIVITAI_TOKEN", "valueFrom": secret_ref} in env
+    sidecar_names = {e["name"] for e in _container(_deployment(doc), "sidecar")["env"]}
+    assert "CIVITAI_TOKEN" not in sidecar_names

@@ -8,8 +8,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from comfyui_operator import api, crdgen
-from operator_testlib import REPO
+from comfyui_operator import api, builders, crdgen
+from comfyui_operator.quantity import QUANTITY_PATTERN
+from operator_testlib import REPO, fixed_settings
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +128,46 @@ def test_defaults_are_valid_specs(crd: dict[str, Any]) -> None:
             assert node["type"] == "object"
 
 
-def test_quantities_are_int_or_string_with_pattern(crd: dict[str, Any]) -> None:
+def test_quantities_are_bounded_int_or_string_checked_by_a_rule(crd: dict[str, Any]) -> None:
     nodes = dict(_walk(_schema(crd)))
     limits = nodes[".spec.comfyui.resources.limits{}"]
     assert limits["x-kubernetes-int-or-string"] is True
-    assert limits["pattern"].startswith("^")
+    assert limits["maxLength"] == api.MAX_QUANTITY  # without it the rule's estimated cost is over budget
+    assert limits["x-kubernetes-validations"] == [
+        {
+            "rule": f"type(self) != string || self.matches(r'{QUANTITY_PATTERN}')",
+            "message": api.PATTERN_MESSAGES[QUANTITY_PATTERN],
+        }
+    ]
     assert nodes[".spec.cache.sizeLimit"]["x-kubernetes-int-or-string"] is True
     assert nodes[".spec.comfyui.resources.limits"]["maxProperties"] == 16
+
+
+def test_every_pattern_is_a_rule_with_a_message_a_user_can_act_on(crd: dict[str, Any]) -> None:
+    """A bare `pattern` makes the API server answer with the regex; each is a CEL rule with a message."""
+    assert all("pattern" not in node for _, node in _walk(_schema(crd)))
+    rules = [r for _, node in _walk(_schema(crd)) for r in node.get("x-kubernetes-validations", [])]
+    checked = {r["rule"].split("matches(r'", 1)[1][:-2] for r in rules if "matches(r'" in r["rule"]}
+    assert checked == set(api.PATTERN_MESSAGES)
+    for rule in rules:
+        assert not rule["message"].startswith(("^", "spec.")), rule
+
+
+def test_the_name_rule_names_the_field_not_nil(crd: dict[str, Any]) -> None:
+    rule = _schema(crd)["x-kubernetes-validations"][0]
+    assert rule["fieldPath"] == ".metadata.name"
+    assert _schema(crd)["properties"]["metadata"]["properties"]["name"] == {"type": "string"}
+    assert rule["messageExpression"].startswith("self.metadata.name + ")
+
+
+def test_kubectl_explain_shows_defaults_bounds_and_formats(crd: dict[str, Any]) -> None:
+    nodes = dict(_walk(_schema(crd)))
+    assert nodes[".spec.replicas"]["description"].endswith("Default: 1. From 0 to 1000.")
+    assert 'Default: "20Gi". Must be a size such as 20Gi' in nodes[".spec.cache.sizeLimit"]["description"]
+    assert "Default: 3000. From 1 to 65535." in nodes[".spec.service.port"]["description"]
+    assert "At most 64 entries." in nodes[".spec.comfyui.env"]["description"]
+    reference = crdgen.render_reference()
+    assert "Default: 1." not in reference  # the reference has its own column for these
 
 
 def test_crd_is_a_valid_custom_resource_definition(crd: dict[str, Any]) -> None:
@@ -144,3 +178,39 @@ def test_rendered_yaml_round_trips(crd: dict[str, Any]) -> None:
     text = crdgen.render_crd()
     assert text.startswith("# Generated")
     assert yaml.safe_load(text) == crd
+
+
+DOCS_WITH_GET_CUI = ("README.md", "docs/operator.md")
+
+
+def _get_cui_samples(text: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(command, header, rows) of every `$ kubectl get cui ...` console sample."""
+    samples = []
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("$ kubectl get cui"):
+            header = lines[index + 1].split()
+            rows = []
+            for row in lines[index + 2 :]:
+                if row.startswith(("$", "```")) or not row.strip():
+                    break
+                rows.append(row.split())
+            samples.append((line, header, rows))
+    return samples
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_GET_CUI)
+def test_kubectl_get_samples_show_the_crds_printer_columns(crd: dict[str, Any], doc: str) -> None:
+    """`kubectl get cui` shows the columns without a priority; `-o wide` adds the others, in CRD order."""
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    default = ["NAME", *(c["name"].upper() for c in columns if not c.get("priority"))]
+    wide = ["NAME", *(c["name"].upper() for c in columns)]
+    samples = _get_cui_samples((REPO / doc).read_text())
+    assert {"-o wide" in command for command, _, _ in samples} == {False, True}, doc
+    for command, header, rows in samples:
+        assert header == (wide if "-o wide" in command else default), command
+        namespace = command.split("-n ", 1)[1].split()[0] if "-n " in command else "default"
+        for row in rows:
+            instance = builders.InstanceRef(name=row[0], namespace=namespace, uid="x")
+            endpoint = builders.endpoint(instance, api.parse_spec({}), fixed_settings())
+            assert row[header.index("ENDPOINT")] == endpoint, command

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from comfyui_operator import api, crdgen
+from comfyui_operator import api, crdgen, reconcile
 from operator_testlib import EXAMPLES, load_docs
 from pydantic import ValidationError
 
@@ -89,6 +89,10 @@ def test_expected_message_matches_the_schema(path: Path) -> None:
             assert _node(match.group(1))["type"] == match.group(2), expect
         elif match := re.match(r'^unknown field "(spec\.[\w.]+)\.(\w+)"', expect):
             assert match.group(2) not in _node(match.group(1))["properties"], expect
+        elif match := re.match(r'^metadata\.name: Invalid value: "object": (\S+) (.+)$', expect):
+            assert api.NAME_RULE["fieldPath"] == ".metadata.name", expect  # not <nil>: the field is named
+            assert match.group(1) == yaml.safe_load(text)["metadata"]["name"], expect
+            assert api.NAME_MESSAGE.startswith(match.group(2)), expect
         else:
             assert any(expect in message for message in rule_messages), f"no CEL rule says {expect!r}"
         checked += 1
@@ -124,3 +128,29 @@ def test_standin_example_runs_the_standin() -> None:
     spec = api.parse_spec(doc["spec"])
     assert spec.comfyui.command == ["comfyui-standin"]
     assert spec.comfyui.gpu.count == 0
+
+
+VALID_EXAMPLES = sorted(EXAMPLES.glob("*.yaml"))
+NUMBER_WORDS = {1: "One", 2: "Two", 3: "Three", 4: "Four", 5: "Five"}
+
+
+def _header(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return "\n".join(line for line in lines[: next(i for i, s in enumerate(lines) if not s.startswith("#"))])
+
+
+@pytest.mark.parametrize("path", VALID_EXAMPLES, ids=[p.stem for p in VALID_EXAMPLES])
+def test_example_header_says_what_it_holds_and_needs(path: Path) -> None:
+    """The leading comment counts the instances (when it counts them) and names every object they need."""
+    docs = load_docs(path)
+    header = _header(path)
+    counted = [n for n, word in NUMBER_WORDS.items() if re.search(rf"\b{word}\b", header)]
+    assert counted in ([], [len(docs)]), f"the header counts {counted}, the file has {len(docs)}"
+    for doc in docs:
+        spec = api.parse_spec(doc.get("spec") or {})
+        needed = [ref.name for ref in reconcile.references(spec)]
+        needed += [ref.token_secret_ref.name for ref in [spec.hugging_face] if ref]
+        needed += [ref.secret_ref.name for ref in [spec.webhook] if ref]
+        needed += [spec.priority_class_name] if spec.priority_class_name else []
+        for name in needed:
+            assert f'"{name}"' in header, f"{doc['metadata']['name']} needs {name!r}, not in the header"

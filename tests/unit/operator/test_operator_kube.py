@@ -3,9 +3,12 @@ reads answers. The server here only records requests and replays canned answers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -143,3 +146,45 @@ async def test_list_reads_a_bounded_number_of_pages(server: tuple[Kube, Recorded
     answers["GET /api/v1/namespaces/ns/events"] = endless
     events = await kube.list("Event", "ns")
     assert len(recorded) == len(events) == kube_module.MAX_LIST_PAGES
+
+
+async def test_a_write_into_a_missing_namespace_is_an_error_not_a_success(
+    server: tuple[Kube, Recorded, dict[str, Any]],
+) -> None:
+    """404 means "no such object" for a read or a delete, but for a create, replace or apply it means the
+    namespace is not there: the Lease would silently "succeed" without existing (two leaders at once)."""
+    kube, _, answers = server
+    missing = (404, {"kind": "Status", "code": 404, "message": 'namespaces "comfyui-system" not found'})
+    leases = "/apis/coordination.k8s.io/v1/namespaces/comfyui-system/leases"
+    answers[f"GET {leases}/comfyui-operator"] = missing
+    answers[f"POST {leases}"] = missing
+    answers[f"PUT {leases}/comfyui-operator"] = missing
+    answers["PATCH /api/v1/namespaces/comfyui-system/configmaps/c"] = missing
+    lease = {"kind": "Lease", "metadata": {"name": "comfyui-operator", "namespace": "comfyui-system"}}
+    assert await kube.get("Lease", "comfyui-system", "comfyui-operator") is None
+    for write in (kube.create(lease), kube.replace(lease)):
+        with pytest.raises(KubeError, match='namespaces "comfyui-system" not found') as info:
+            await write
+        assert info.value.status == 404
+    with pytest.raises(KubeError):
+        await kube.apply({"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "comfyui-system"}})
+
+
+async def test_a_kube_with_its_own_executor_never_queues_behind_the_shared_pool(
+    server: tuple[Kube, Recorded, dict[str, Any]],
+) -> None:
+    """200 instances reconciling fill asyncio's shared thread pool with API calls; the Lease renewal queued
+    behind them was late by more than the Lease's duration and the leader stopped. Its own executor keeps it
+    on time."""
+    kube, _, _ = server
+    lease_kube = Kube(kube._client, ThreadPoolExecutor(max_workers=1))
+    loop = asyncio.get_running_loop()
+    gate = threading.Event()
+    busy = [loop.run_in_executor(None, gate.wait, 10) for _ in range(64)]  # every shared thread blocked
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(kube.get("Lease", "ns", "l"), timeout=0.5)
+        assert await asyncio.wait_for(lease_kube.get("Lease", "ns", "l"), timeout=5) == {"kind": "Ok"}
+    finally:
+        gate.set()
+        await asyncio.gather(*busy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -173,3 +174,27 @@ async def test_a_hanging_renewal_is_abandoned_when_the_lease_expires() -> None:
     stop = asyncio.Event()
     await asyncio.wait_for(elector.keep_leading(stop), timeout=10)
     assert elector.lost is True
+
+
+async def test_an_unreachable_api_server_is_one_warning_not_a_line_per_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A standby polls every few seconds; an API server that is down must not fill the log at info level: one
+    warning when it starts failing, a reminder every FAILURE_REMINDER, one info line when it answers again."""
+    clock = [NOW]
+    store = LeaseStore()
+    store.lease = lease("other", 0, duration=3600)
+    elector = LeaderElector(store, "ns", "l", "me", 15, clock=lambda: clock[0])  # type: ignore[arg-type]
+    store.fail = True
+    with caplog.at_level(logging.DEBUG, logger="comfyui_operator.leader"):
+        for _ in range(61):  # five minutes of attempts, one every 5 s
+            assert await elector.try_acquire() is False
+            clock[0] += timedelta(seconds=5)
+        store.fail = False
+        assert await elector.try_acquire() is False  # answers again; the other replica still holds it
+    above_debug = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno > logging.DEBUG]
+    assert [level for level, _ in above_debug] == ["WARNING", "WARNING", "INFO"]
+    assert "the API server failed (HTTP 0: connection refused)" in above_debug[0][1]
+    assert "has failed for 300 s" in above_debug[1][1]
+    assert "answers again after 305 s" in above_debug[2][1]
+    assert not any("not acquired" in message for _, message in above_debug)

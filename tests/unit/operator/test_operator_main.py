@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +68,10 @@ async def test_a_crashed_lease_task_stops_the_operator(
         lost = False
         released = False
 
-        def __init__(self, *_: Any) -> None:
-            pass
+        kube: Any = None
+
+        def __init__(self, kube: Any, *_: Any) -> None:
+            CrashingElector.kube = kube
 
         async def wait_until_leader(self, stop: asyncio.Event) -> bool:
             return True
@@ -82,7 +86,7 @@ async def test_a_crashed_lease_task_stops_the_operator(
         await asyncio.wait_for(stop_flag.wait(), timeout=10)  # kopf runs until its stop flag is set
 
     monkeypatch.setattr(main_module, "load_api_client", lambda: None)
-    monkeypatch.setattr(main_module, "Kube", lambda _client: None)
+    monkeypatch.setattr(main_module, "Kube", lambda *args: args)
     monkeypatch.setattr(main_module, "LeaderElector", CrashingElector)
     monkeypatch.setattr(kopf, "operator", operator)
     settings = fixed_settings(metrics_port=0, liveness_port=0, leader_election=True)
@@ -90,3 +94,61 @@ async def test_a_crashed_lease_task_stops_the_operator(
         assert await asyncio.wait_for(main_module.run(settings), timeout=20) == 1
     assert "leader election failed" in caplog.text
     assert CrashingElector.released  # kopf has stopped: give the Lease to a standby at once
+    _, executor = CrashingElector.kube  # the Lease has its own thread: never queued behind reconciliation
+    assert isinstance(executor, ThreadPoolExecutor)
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Another process (an operator already running locally) holds the metrics port: one clear line, exit 2,
+    no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        kubeconfig = tmp_path / "kubeconfig"  # loads fine; nothing listens there (never contacted)
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+            "users: [{name: u, user: {token: t}}]\n"
+            "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        )
+        result = _run(
+            tmp_path,
+            KUBECONFIG=str(kubeconfig),
+            COMFYUI_OPERATOR_METRICS_PORT=str(port),
+            COMFYUI_OPERATOR_LIVENESS_PORT="0",
+            COMFYUI_OPERATOR_LOG_FORMAT="text",
+        )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"COMFYUI_OPERATOR_METRICS_PORT={port}" in lines[0]
+    assert "in use" in lines[0]
+
+
+def test_watch_event_chatter_is_dropped_but_handler_results_and_warnings_stay(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """kopf logs "Handler 'pod_changed' succeeded." at info for every watch event (through its local,
+    not-posted object logger): gone unless the log level is debug; spec-change results and warnings stay."""
+    from kopf._core.actions import loggers
+
+    body: Any = kopf.Body({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}})
+    config = kopf.OperatorSettings()
+    try:
+        main_module.configure_logging(fixed_settings(log_format="text"))
+        loggers.LocalObjectLogger(body=body, settings=config).info("Handler 'pod_changed' succeeded.")
+        loggers.LocalObjectLogger(body=body, settings=config).warning("watch stream broke")
+        loggers.ObjectLogger(body=body, settings=config).info("Handler 'converge' succeeded.")
+        text = capsys.readouterr().err
+        assert "pod_changed" not in text
+        assert "watch stream broke" in text
+        assert "Handler 'converge' succeeded." in text
+        main_module.configure_logging(fixed_settings(log_format="text", log_level="debug"))
+        loggers.LocalObjectLogger(body=body, settings=config).info("Handler 'pod_changed' succeeded.")
+        assert "pod_changed" in capsys.readouterr().err
+    finally:
+        logging.getLogger("kopf.objects").filters.clear()
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if type(h).__name__ != "_KopfStreamHandler"]
+        root.setLevel(logging.WARNING)

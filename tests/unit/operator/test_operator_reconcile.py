@@ -13,7 +13,8 @@ import pytest
 from comfyui_operator import api, handlers, metrics, reconcile, status
 from comfyui_operator import kube as kube_module
 from comfyui_operator.kube import KubeError
-from comfyui_operator.reconcile import Debouncer, Reconciler, Reference
+from comfyui_operator.reconcile import Reconciler, Reference
+from comfyui_operator.scheduling import Debouncer
 from operator_testlib import fixed_settings
 
 UID = "11111111-2222-3333-4444-555555555555"
@@ -349,10 +350,10 @@ async def test_a_deleted_instance_is_forgotten(kube: MemoryKube, reconciler: Rec
     meta = kopf.Body(raw).meta
     watching: dict[str, Any] = {str(h.id): h.fn for h in registry._watching.get_all_handlers()}
     modified: Any = {"type": "MODIFIED", "object": current(kube)}
-    await watching["forget"](event=modified, meta=meta)
+    await watching["instance_seen"](event=modified, meta=meta)
     assert sum(reconciler.tracker.counts().values()) == 1
     deleted: Any = {"type": "DELETED", "object": current(kube)}
-    await watching["forget"](event=deleted, meta=meta)
+    await watching["instance_seen"](event=deleted, meta=meta)
     assert sum(reconciler.tracker.counts().values()) == 0
     assert ("ns", "demo") not in reconciler._problems
     await refresher.close()
@@ -407,7 +408,7 @@ async def test_an_api_error_in_converge_is_retried_with_backoff(
     call: Any = converge
     for retry, delay in ((0, 10), (3, 80)):
         with pytest.raises(kopf.TemporaryError) as info:
-            await call(body=kopf.Body(raw), retry=retry)
+            await call(body=kopf.Body(raw), meta=kopf.Body(raw).meta, retry=retry)
         assert info.value.delay == delay
         assert "etcdserver: request timed out" in str(info.value)
     await refresher.close()
@@ -452,3 +453,132 @@ async def test_a_failed_reapply_of_a_deleted_deployment_is_retried_with_backoff(
     assert delays == [10, 20]  # the operator's backoff: base, then twice the base
     cleanup: Any = next(h.fn for h in registry._activities.get_all_handlers() if h.id == "stop_refresher")
     await cleanup()
+
+
+async def test_status_refreshes_of_one_instance_never_overlap(
+    kube: MemoryKube, reconciler: Reconciler
+) -> None:
+    """A reconcile (kopf's converge) and a watch-event refresh of the same instance, with a slow API server:
+    the second observation must wait for the first one's status write (one serializer for both paths)."""
+    store(kube, instance({}))
+    await reconciler.reconcile(current(kube))
+    observing = 0
+    most = 0
+    get = kube.get
+
+    async def slow_get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        nonlocal observing, most
+        if kind != "Deployment":
+            return await get(kind, namespace, name)
+        observing += 1
+        most = max(most, observing)
+        await asyncio.sleep(0.05)
+        observing -= 1
+        return await get(kind, namespace, name)
+
+    kube.get = slow_get  # type: ignore[method-assign]
+    await asyncio.gather(
+        reconciler.reconcile(current(kube)),
+        reconciler.refresh_by_name("ns", "demo"),
+        reconciler.refresh_by_name("ns", "demo"),
+    )
+    assert most == 1
+
+
+async def test_health_is_the_worst_instance_not_the_last_reconcile(
+    kube: MemoryKube, reconciler: Reconciler
+) -> None:
+    """One instance the operator can not manage (403) keeps the health critical, whatever other instances do;
+    it clears when that instance reconciles again or is deleted."""
+    broken = instance({})
+    broken["metadata"] = {**broken["metadata"], "name": "broken"}
+    kube.objects[(api.KIND, "ns", "broken")] = copy.deepcopy(broken)
+    store(kube, instance({}))
+    kube.refuse["ConfigMap"] = KubeError(403, "configmaps is forbidden")
+    with pytest.raises(KubeError):
+        await reconciler.reconcile(copy.deepcopy(broken))
+    kube.refuse.clear()
+    await reconciler.reconcile(current(kube))  # another instance succeeds afterwards
+    assert metrics.HEALTH._value.get() == metrics.CRITICAL
+    assert reconciler.tracker.unhealthy() == {"ns/broken": metrics.CRITICAL}
+    reconciler.forget("ns", "broken")
+    assert metrics.HEALTH._value.get() == metrics.HEALTHY
+
+
+async def test_an_instance_in_an_excluded_namespace_is_refused(
+    kube: MemoryKube, events: list[tuple[str, str, str]]
+) -> None:
+    refuser = Reconciler(
+        kube=kube,  # type: ignore[arg-type]
+        settings=fixed_settings(),
+        post_event=lambda body, kind, reason, message: events.append((kind, reason, message)),
+        clock=lambda: "2026-01-01T00:00:00Z",
+    )
+    body = instance({"replicas": 1})
+    body["metadata"] = {**body["metadata"], "namespace": "kube-system"}
+    kube.objects[(api.KIND, "kube-system", "demo")] = copy.deepcopy(body)
+    problems = await refuser.reconcile(copy.deepcopy(body))
+    assert [p.reason for p in problems] == [status.NAMESPACE_EXCLUDED]
+    assert kube.applied == []
+    written = kube.objects[(api.KIND, "kube-system", "demo")]["status"]
+    conditions = {c["type"]: c for c in written["conditions"]}
+    assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == (
+        "True",
+        "NamespaceExcluded",
+    )
+    assert "namespace kube-system is excluded" in conditions["Degraded"]["message"]
+    assert conditions["Progressing"]["status"] == "False"
+    assert "endpoint" not in written
+    assert events == [("Warning", "NamespaceExcluded", conditions["Degraded"]["message"])]
+
+
+@pytest.mark.parametrize("appears_after", [3, 30])
+async def test_a_missing_reference_is_retried_quietly_with_backoff(
+    kube: MemoryKube, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch, appears_after: int
+) -> None:
+    """An expected state (a PVC not created yet) is no handler failure: converge returns (kopf would log each
+    TemporaryError at error level and post it as an Event), and the operator retries on its own backoff,
+    capped, until the reference appears, however late (the pods start by themselves then, and the status
+    must follow)."""
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler, fixed_settings())
+    delays: list[int] = []
+
+    def recorded(retry: int, settings: Any) -> int:
+        delays.append(reconcile.retry_delay(retry, settings))
+        if len(delays) == appears_after:  # the PVC appears after that many retry delays
+            kube.objects[("PersistentVolumeClaim", "ns", "models")] = {"metadata": {"name": "models"}}
+        return 0
+
+    monkeypatch.setattr(handlers, "retry_delay", recorded)
+    raw: Any = store(kube, instance({"models": {"claimName": "models"}}))
+    converge: Any = next(h.fn for h in registry._changing.get_all_handlers() if h.id == "converge")
+    await converge(body=kopf.Body(raw), meta=kopf.Body(raw).meta, retry=0)  # no TemporaryError
+    for _ in range(2000):
+        degraded = {c["type"]: c for c in current(kube)["status"]["conditions"]}["Degraded"]
+        if degraded["status"] == "False":
+            break
+        await asyncio.sleep(0.01)
+    assert degraded["status"] == "False"
+    assert delays == [min(300, 10 * 2**n) for n in range(appears_after)]
+    cleanup: Any = next(h.fn for h in registry._activities.get_all_handlers() if h.id == "stop_refresher")
+    await cleanup()
+
+
+async def test_every_known_instance_is_refreshed_once_per_interval_spread_over_it() -> None:
+    from comfyui_operator.scheduling import PeriodicRefresh
+
+    scheduled: list[tuple[str, tuple[str, str]]] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    def schedule(namespace: str, name: str) -> None:
+        scheduled.append((f"{loop.time() - start:.2f}", (namespace, name)))
+
+    periodic = PeriodicRefresh(schedule, interval_seconds=0.3)
+    for name in ("a", "b", "c"):
+        periodic.add("ns", name)
+    periodic.discard("ns", "b")
+    await periodic.sweep()
+    assert [key for _, key in scheduled] == [("ns", "a"), ("ns", "c")]
+    assert float(scheduled[1][0]) >= 0.14  # half the interval apart, not all at once

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import kopf
 import pytest
 from comfyui_operator import api, handlers, rbac
@@ -71,6 +73,18 @@ def test_numeric_namespace_names_are_valid(monkeypatch: pytest.MonkeyPatch) -> N
     assert load_settings().namespaces == ["2024", "team-7"]
 
 
+def test_the_clusters_own_namespaces_are_excluded_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().excluded_namespaces == ["kube-system", "kube-public", "kube-node-lease"]
+    monkeypatch.setenv("COMFYUI_OPERATOR_EXCLUDED_NAMESPACES", "")
+    assert load_settings().excluded_namespaces == []
+    monkeypatch.setenv("COMFYUI_OPERATOR_EXCLUDED_NAMESPACES", "kube-system,platform")
+    monkeypatch.setenv("COMFYUI_OPERATOR_NAMESPACES", "ai,platform")
+    with pytest.raises(ValidationError, match=r"\['platform'\] are both watched and excluded"):
+        load_settings()
+
+
 def test_settings_are_immutable() -> None:
     settings = OperatorSettings()
     with pytest.raises(ValidationError):
@@ -112,10 +126,35 @@ def test_handlers_register_into_an_explicit_registry() -> None:
         for part in (registry._changing, registry._spawning, registry._watching, registry._activities)
         for handler in part.get_all_handlers()
     }
-    assert {"converge", "periodic_refresh", "forget", "deployment_changed", "pod_changed", "login"} <= {
+    assert {"converge", "instance_seen", "deployment_changed", "pod_changed", "login"} <= {
         hid.rsplit(".", 1)[-1].split("/")[0] for hid in handler_ids
     }
     selectors = {str(sel.any_name) for sel in registry._watching.get_all_selectors()}
     assert {"deployments", "pods"} <= selectors
-    # no deletion handler needs a finalizer: nothing external to clean up
-    assert not any(h.requires_finalizer for h in registry._changing.get_all_handlers())
+
+
+def test_no_handler_makes_kopf_add_a_finalizer() -> None:
+    """kopf puts its finalizer on every object that has a deletion handler, a daemon or a timer; with no
+    operator running, deleting such an instance (or its namespace) would hang. Nothing outside the cluster
+    needs cleaning up, so no handler may ask for one."""
+    from comfyui_operator.reconcile import Reconciler
+
+    registry = kopf.OperatorRegistry()
+    reconciler = Reconciler(kube=None, settings=fixed_settings(), post_event=lambda *_: None)  # type: ignore[arg-type]
+    handlers.register(registry, reconciler, fixed_settings())
+    parts = (registry._changing, registry._spawning)  # the handler kinds kopf asks (kopf's processing.py)
+    wanting = [str(h.id) for part in parts for h in part.get_all_handlers() if h.requires_finalizer]
+    assert wanting == []
+
+
+def test_every_setting_is_in_the_docs_table() -> None:
+    from operator_testlib import REPO
+
+    text = (REPO / "docs" / "operator.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `COMFYUI_OPERATOR_")]
+    documented = set()
+    for row in rows:
+        names = re.findall(r"`(COMFYUI_OPERATOR_[A-Z_]+|_[A-Z_]+)`", row.split("|")[1])
+        documented |= {name if name.startswith("COMFYUI") else f"COMFYUI_OPERATOR{name}" for name in names}
+    fields = {f"COMFYUI_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
+    assert fields - documented == set()

@@ -279,6 +279,27 @@ CASES: list[tuple[str, Observed, dict[str, tuple[str, str]], str]] = [
         '"m"',
     ),
     (
+        "missing-reference-while-pods-report-ready",  # a simulated node, or a race: still not Ready
+        Observed(
+            1,
+            1,
+            deployment(1, 1),
+            problems=[Problem("MissingReference", 'ConfigMap "wu" (spec.warmup.configMapRef) not found')],
+        ),
+        {"Ready": ("False", "MissingReference"), "Degraded": ("True", "MissingReference")},
+        '"wu"',
+    ),
+    (
+        "namespace-excluded",
+        Observed(1, 1, None, problems=[Problem("NamespaceExcluded", "namespace kube-system is excluded")]),
+        {
+            "Ready": ("False", "NamespaceExcluded"),
+            "Progressing": ("False", "NamespaceExcluded"),
+            "Degraded": ("True", "NamespaceExcluded"),
+        },
+        "kube-system",
+    ),
+    (
         "invalid-spec",
         Observed(3, 1, deployment(1, 1), problems=[Problem("InvalidSpec", "spec.replicas: bad")]),
         {

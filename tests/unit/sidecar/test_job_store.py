@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,8 @@ from comfyui_sidecar.cluster.claims import HOMES, LocalClaims, digest, ranked
 from comfyui_sidecar.cluster.peers import Peers
 from comfyui_sidecar.job_records import OutputFile, Watcher
 from comfyui_sidecar.jobs import JobStore
+from transcripts import TRANSCRIPTS
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "integration" / "standin" / "golden"
 """The recordings of a real ComfyUI 0.3.64 (copied from spec/comfyui-transcripts)."""
 
 

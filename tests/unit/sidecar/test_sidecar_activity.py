@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,8 +11,7 @@ from comfyui_sidecar.activity import MAX_TRACKED_PROMPTS, ComfyActivity, loader_
 from comfyui_sidecar.comfy_client import ComfyClient
 from comfyui_sidecar.loaders import loader_table
 from comfyui_sidecar.metrics import BusyTime, Metrics
-
-TRANSCRIPTS = Path("/work/shared/spec/comfyui-transcripts")
+from transcripts import TRANSCRIPTS
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

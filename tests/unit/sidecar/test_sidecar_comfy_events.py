@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, Execution, result_from_history
-
-TRANSCRIPTS = Path("/work/shared/spec/comfyui-transcripts")
+from transcripts import TRANSCRIPTS
 
 
 def load(name: str) -> dict[str, Any]:

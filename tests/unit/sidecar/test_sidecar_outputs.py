@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 from comfyui_sidecar.convert import ImageTooLarge, convert_image
@@ -15,8 +14,7 @@ from comfyui_sidecar.prompt_flow import echo, is_async, js_key_order
 from comfyui_sidecar.settings import Settings
 from PIL import Image
 from pydantic import ValidationError
-
-TRANSCRIPTS = Path("/work/shared/spec/comfyui-transcripts")
+from transcripts import TRANSCRIPTS
 
 
 def test_refs_follow_node_order_and_keep_subfolder_and_type() -> None:

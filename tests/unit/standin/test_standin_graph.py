@@ -11,7 +11,7 @@ from comfyui_standin.folders import ModelFolders
 from comfyui_standin.graph import ClassSpec, execution_order, is_link, signatures, validate_prompt
 from comfyui_standin.nodes import Environment, SpecView
 
-GOLDEN = Path(__file__).resolve().parents[2] / "integration" / "standin" / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "data" / "comfyui-transcripts"
 
 
 def golden(name: str) -> Any:

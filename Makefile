@@ -36,8 +36,8 @@ test-k8s: ## the real-API-server tier (builds Kubernetes from Go modules once, c
 	hack/build-tools.sh
 	$(TOOLS_ENV); $(PYTEST) tests/k8s
 
-e2e: ## images built and run in Docker; real pods on kind (skips naming what is missing)
-	hack/build-tools.sh helm kind
+e2e: ## images built and run in Docker; real pods on kind (outside CI, skips naming what is missing)
+	hack/build-tools.sh helm kind k8s etcd node
 	$(TOOLS_ENV); $(PYTEST) tests/e2e
 
 images: ## build the operator and sidecar images (tag: IMAGE_TAG, default dev)

@@ -81,7 +81,8 @@ run_once() {
   if [[ -f "$final/.complete" ]]; then log "$name $version: built by another process"; return 0; fi
   rm -rf "$TOOLS_CACHE/.$name-$version".??????   # leftovers of an interrupted build (we hold the lock)
   tmp=$(mktemp -d "$TOOLS_CACHE/.$name-$version.XXXXXX")
-  # shellcheck disable=SC2064 - expanded now: $tmp is local and gone when the trap runs
+  # Expanded now, on purpose: $tmp is local and gone when the trap runs.
+  # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" EXIT
   log "$name $version: building into $final"
   local start=$SECONDS

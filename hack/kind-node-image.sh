@@ -147,7 +147,8 @@ ENTRYPOINT [\"/coredns\"]"
   images+=("registry.k8s.io/coredns/coredns:$COREDNS_VERSION")
 
   mkdir -p "$ctx/pause"
-  local pause_c=$(go env GOMODCACHE)/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c
+  local pause_c
+  pause_c=$(go env GOMODCACHE)/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c
   [[ -f "$pause_c" ]] || (cd "$work" && go mod download "k8s.io/kubernetes@$K8S_VERSION") \
     || die "can not fetch pause.c from k8s.io/kubernetes@$K8S_VERSION"
   gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-comfyui" -o "$ctx/pause/pause" "$pause_c" \
@@ -262,6 +263,7 @@ STOPSIGNAL SIGRTMIN+3"
   # containerd is the build container's PID 1: `docker stop` ends it cleanly (its metadata flushed), then the
   # stopped container is committed.
   container=$("$DOCKER" run -d --privileged --entrypoint containerd "$LOCAL_REPO/kind-node-stage:$K8S_VERSION")
+  # shellcheck disable=SC2016 # run by the container's bash
   "$DOCKER" exec "$container" bash -c \
     'for i in $(seq 1 30); do [ -S /run/containerd/containerd.sock ] && ctr version >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1' \
     || { "$DOCKER" logs "$container" 2>&1 | tail -20 >&2; die "containerd did not start in the build container"; }

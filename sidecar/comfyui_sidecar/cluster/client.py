@@ -51,12 +51,21 @@ class PeerAnswer:
 
 class PeerClient:
     def __init__(
-        self, peers: Peers, session: aiohttp.ClientSession, *, token: str | None, timeout_s: float
+        self,
+        peers: Peers,
+        session: aiohttp.ClientSession,
+        *,
+        token: str | None,
+        timeout_s: float,
+        connect_timeout_s: float = 3.0,
     ) -> None:
         self.peers = peers
         self.session = session
         self.token = token
         self.timeout_s = timeout_s
+        # In-cluster connects take milliseconds; a pod that is gone never answers the SYN. Waiting long for it
+        # would hold the caller for the whole timeout (twice, with the retry).
+        self.connect_timeout_s = min(connect_timeout_s, timeout_s)
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {HOP_HEADER: "1"}
@@ -71,7 +80,7 @@ class PeerClient:
         headers.update(ext.forward_headers())
         body = await request.read() if request.can_read_body else None
         timeout = aiohttp.ClientTimeout(
-            total=None, connect=self.timeout_s, sock_read=max(60.0, self.timeout_s)
+            total=None, connect=self.connect_timeout_s, sock_read=max(60.0, self.timeout_s)
         )
         upstream = await self._open(request.method, base_url + str(request.rel_url), headers, body, timeout)
         try:
@@ -130,7 +139,7 @@ class PeerClient:
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """One internal call; (status, parsed JSON body or None). Raises PeerUnreachable."""
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s, connect=self.connect_timeout_s)
         try:
             async with self.session.request(
                 method,
@@ -170,7 +179,7 @@ class PeerClient:
     async def download(self, base_url: str, path: str, sink: Any) -> int:
         """GET `path` from a peer and feed its bytes to `sink.write`; the HTTP status (200 when complete)."""
         timeout = aiohttp.ClientTimeout(
-            total=None, connect=self.timeout_s, sock_read=max(60.0, self.timeout_s)
+            total=None, connect=self.connect_timeout_s, sock_read=max(60.0, self.timeout_s)
         )
         try:
             async with self.session.get(

@@ -109,6 +109,11 @@ class ApiSettings(BaseSettings):
     peer_timeout_s: float = Field(
         20.0, gt=0, description="Timeout of a call to a peer (streams and downloads: time to first byte)."
     )
+    peer_connect_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="How long connecting to a peer may take (a deleted pod's address never answers).",
+    )
     id_key: SecretStr | None = Field(
         None,
         description="Key of the tags that make job, asset and cursor ids tamper-evident; the same on every "

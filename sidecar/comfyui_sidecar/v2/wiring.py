@@ -97,7 +97,13 @@ async def start(
         timeout=aiohttp.ClientTimeout(total=None, connect=settings.peer_timeout_s)
     )
     app[_SESSION] = session
-    client = PeerClient(peers, session, token=settings.token(), timeout_s=settings.peer_timeout_s)
+    client = PeerClient(
+        peers,
+        session,
+        token=settings.token(),
+        timeout_s=settings.peer_timeout_s,
+        connect_timeout_s=settings.peer_connect_timeout_s,
+    )
     assets = AssetStore(
         settings.input_dir,
         owner=settings.self_name,

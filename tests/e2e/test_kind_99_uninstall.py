@@ -1,0 +1,65 @@
+"""Runs last: deleting every instance and then `helm uninstall` leave nothing behind but what
+docs/packaging.md ("Uninstalling") says is kept: the CRD (Helm never deletes CRDs), the release namespace, and
+the operator's Lease, released or expired."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .kube import Kube
+
+pytestmark = pytest.mark.e2e
+RELEASE = "comfyui-operator"
+NAMESPACE = "comfyui-system"
+NAMESPACED = (
+    "deployments,replicasets,pods,services,configmaps,poddisruptionbudgets,serviceaccounts,roles,"
+    "rolebindings,jobs"
+)
+
+
+def _items(kube: Kube, kinds: str, *args: str) -> list[dict[str, Any]]:
+    found = kube.json("get", kinds, *args, check=False)
+    return list((found or {}).get("items", []))
+
+
+def _names(items: list[dict[str, Any]]) -> list[str]:
+    return [f"{i['kind']}/{i['metadata'].get('namespace', '')}/{i['metadata']['name']}" for i in items]
+
+
+def test_uninstall_leaves_only_what_the_docs_say(kube: Kube) -> None:
+    kube.run("delete", "comfyuiinstances", "--all", "--all-namespaces", "--wait=true", timeout=300)
+
+    def instances_gone() -> bool:
+        return not _items(kube, NAMESPACED, "-A", "-l", "app.kubernetes.io/managed-by=comfyui-operator")
+
+    kube.wait(instances_gone, timeout=180, what="the instances' objects garbage-collected")
+    uninstalled = kube.helm_run("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "5m")
+    assert uninstalled.returncode == 0, uninstalled.stderr
+
+    def chart_gone() -> bool:
+        return not _items(kube, NAMESPACED, "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}")
+
+    kube.wait(chart_gone, timeout=180, what="the chart's namespaced objects deleted")
+    cluster_scoped = _items(
+        kube, "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}"
+    )
+    assert cluster_scoped == [], _names(cluster_scoped)
+    left = [
+        i
+        for i in _items(kube, NAMESPACED, "-n", NAMESPACE)
+        if not (i["kind"] == "ConfigMap" and i["metadata"]["name"] == "kube-root-ca.crt")
+        and not (i["kind"] == "ServiceAccount" and i["metadata"]["name"] == "default")
+    ]
+    assert left == [], _names(left)
+    # What is kept, as documented.
+    assert kube.json("get", "crd", "comfyuiinstances.comfyui.operator.dev", check=False), (
+        "the CRD was deleted"
+    )
+    assert kube.json("get", "namespace", NAMESPACE, check=False)
+    leases = _items(kube, "leases", "-n", NAMESPACE)
+    assert [lease["metadata"]["name"] for lease in leases] == ["comfyui-operator"], _names(leases)
+    assert not leases[0]["spec"].get("holderIdentity"), (
+        "the operator did not release its Lease on the way out"
+    )

@@ -58,20 +58,31 @@ def namespace(kube: Kube) -> Iterator[str]:
             standin_instance(
                 "nostart",
                 name,
-                # Never listens (the operator's ComfyUI arguments land in "$@" and are ignored).
-                comfyui={"command": ["sh", "-c", "sleep infinity", "sh"]},
+                # Never listens (the operator's ComfyUI arguments land in "$@" and are ignored); exits on
+                # SIGTERM, so the pod does not outlive the test by its grace period.
+                comfyui={"command": ["sh", "-c", 'trap "exit 0" TERM; sleep infinity & wait', "sh"]},
                 sidecar={"startupTimeoutSeconds": STARTUP_BUDGET_S},
             ),
             # The stand-in as a child of a shell, so a test can stop it (PID 1 ignores SIGSTOP).
             standin_instance(
-                "hang", name, comfyui={"command": ["sh", "-c", 'comfyui-standin "$@" & wait', "sh"]}
+                "hang",
+                name,
+                comfyui={"command": ["sh", "-c", 'trap "exit 0" TERM; comfyui-standin "$@" & wait', "sh"]},
             ),
         )
         yield name
 
 
 def _pod(kube: Kube, name: str, namespace: str) -> dict[str, Any]:
-    return kube.wait(lambda: pod_of(kube, name, namespace), timeout=60, what=f"a pod of {name}")
+    """The instance's pod, once the kubelet reports both containers."""
+
+    def started() -> dict[str, Any] | None:
+        pod = pod_of(kube, name, namespace)
+        container_status(pod, "sidecar")
+        container_status(pod, "comfyui")
+        return pod
+
+    return kube.wait(started, timeout=120, what=f"a pod of {name} with its containers")
 
 
 def test_a_long_start_up_download_does_not_get_the_pod_killed(kube: Kube, namespace: str) -> None:

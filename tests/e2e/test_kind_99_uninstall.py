@@ -32,7 +32,9 @@ def test_uninstall_leaves_only_what_the_docs_say(kube: Kube) -> None:
     kube.run("delete", "comfyuiinstances", "--all", "--all-namespaces", "--wait=true", timeout=300)
 
     def instances_gone() -> bool:
-        return not _items(kube, NAMESPACED, "-A", "-l", "app.kubernetes.io/managed-by=comfyui-operator")
+        left = _items(kube, NAMESPACED, "-A", "-l", "app.kubernetes.io/managed-by=comfyui-operator")
+        assert not left, _names(left)
+        return True
 
     kube.wait(instances_gone, timeout=180, what="the instances' objects garbage-collected")
     uninstalled = kube.helm_run("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "5m")

@@ -101,9 +101,10 @@ def _truncate(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
-# Exit codes of a container the kubelet stopped (SIGTERM, or SIGKILL after the grace period): for the ComfyUI
-# container, with no OOM, that is a failed startup or liveness probe.
-_KILLED_EXIT_CODES = {137, 143}
+# Exit codes of a container the kubelet stopped: SIGTERM (143, or 0 when the process handles it and exits
+# cleanly) or SIGKILL after the grace period (137). For the ComfyUI container, with no OOM, that is most often a
+# failed startup or liveness probe (the kubelet's events tell for sure).
+_KILLED_EXIT_CODES = {0, 137, 143}
 
 
 def _stopped_for_not_answering(status: Mapping[str, Any]) -> bool:
@@ -131,7 +132,8 @@ def _container_problems(pod_name: str, statuses: Iterable[Mapping[str, Any]]) ->
                     COMFYUI_NOT_ANSWERING,
                     f"{where} was restarted by the kubelet ({status.get('restartCount')} restarts): ComfyUI "
                     "did not answer GET /health/comfyui within spec.sidecar.startupTimeoutSeconds of "
-                    "starting, or stopped answering for 60 s (kubectl logs -c comfyui --previous)",
+                    "starting, or stopped answering for 60 s, or exited (kubectl describe pod; kubectl logs "
+                    "-c comfyui --previous)",
                 )
             )
         elif reason in _IMAGE_PULL_WAITING:

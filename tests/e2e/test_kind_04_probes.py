@@ -59,15 +59,16 @@ def namespace(kube: Kube) -> Iterator[str]:
                 "nostart",
                 name,
                 # Never listens (the operator's ComfyUI arguments land in "$@" and are ignored); exits on
-                # SIGTERM, so the pod does not outlive the test by its grace period.
-                comfyui={"command": ["sh", "-c", 'trap "exit 0" TERM; sleep infinity & wait', "sh"]},
+                # SIGTERM as a process without a handler does (143), so the pod does not outlive the test by
+                # its grace period.
+                comfyui={"command": ["sh", "-c", 'trap "exit 143" TERM; sleep infinity & wait', "sh"]},
                 sidecar={"startupTimeoutSeconds": STARTUP_BUDGET_S},
             ),
             # The stand-in as a child of a shell, so a test can stop it (PID 1 ignores SIGSTOP).
             standin_instance(
                 "hang",
                 name,
-                comfyui={"command": ["sh", "-c", 'trap "exit 0" TERM; comfyui-standin "$@" & wait', "sh"]},
+                comfyui={"command": ["sh", "-c", 'trap "exit 143" TERM; comfyui-standin "$@" & wait', "sh"]},
             ),
         )
         yield name

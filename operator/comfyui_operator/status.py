@@ -102,8 +102,8 @@ def _truncate(text: str) -> str:
 
 
 # Exit codes of a container the kubelet stopped: SIGTERM (143, or 0 when the process handles it and exits
-# cleanly) or SIGKILL after the grace period (137). For the ComfyUI container, with no OOM, that is most often a
-# failed startup or liveness probe (the kubelet's events tell for sure).
+# cleanly) or SIGKILL after the grace period (137). For the ComfyUI container, with no OOM, that is most
+# often a failed startup or liveness probe (the kubelet's events tell for sure).
 _KILLED_EXIT_CODES = {0, 137, 143}
 
 

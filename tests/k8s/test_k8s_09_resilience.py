@@ -5,15 +5,21 @@ local run takes the chart's Lease; watch events leave the info log alone."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 
-from k8s_expected import chart_settings, differences_from_builders
+from k8s_expected import chart_settings, differences_from_builders, promised_objects
 from k8s_instances import instance, owned_by, wait_ready
 from k8s_kubectl import Kubectl, wait_for
 from k8s_observe import AuditEvent, AuditLog, writes
 from k8s_operator import OperatorProcess, log_records
 from k8s_session import STANDBY_LOG, Operators, wait_operator_ready
 
-OWNED_KINDS = ("deployments", "services", "configmaps", "poddisruptionbudgets")
+OWNED_KINDS = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+}
 
 
 def _writes_in(audit: AuditLog, user: str, namespace: str) -> list[AuditEvent]:
@@ -38,10 +44,15 @@ def test_killed_mid_reconcile_then_restarted_converges(
     operator.start()
     wait_operator_ready(operator)
     live = wait_ready(kubectl, "phoenix", namespace, timeout=120)
-    for kind in OWNED_KINDS:
-        owned = [o for o in kubectl.items(kind, namespace) if owned_by(o, live)]
-        assert len(owned) == 1, f"{kind}: {len(owned)} owned after the restart (killed after {killed_after})"
-    assert differences_from_builders(kubectl, live, chart_settings(operators.release.deployment)) == []
+    settings = chart_settings(operators.release.deployment)
+    promised = Counter(obj["kind"] for obj in promised_objects(live, settings))
+    for kind, plural in OWNED_KINDS.items():
+        owned = [o for o in kubectl.items(plural, namespace) if owned_by(o, live)]
+        assert len(owned) == promised[kind], (
+            f"{kind}: {len(owned)} owned after the restart, {promised[kind]} promised "
+            f"(killed after {killed_after})"
+        )
+    assert differences_from_builders(kubectl, live, settings) == []
 
 
 def test_two_operators_act_once_and_fail_over(

@@ -258,8 +258,8 @@ async def test_a_file_placed_by_hand_with_the_right_sha256_is_adopted(
 # Three ways: (1) a real small tmpfs as the library volume (needs root and mount; skipped elsewhere): a model
 # larger than its free space is refused before a byte is written, and a real ENOSPC in the middle of a
 # download (another writer fills the volume meanwhile) fails that model; (2) the statvfs check on the
-# test's own file system, with a server announcing 1 EiB; (3) PartFile given an `os` whose writev fails with ENOSPC after
-# the first batch, what the kernel answers on a full volume (runs without root).
+# test's own file system, with a server announcing 1 EiB; (3) PartFile given an `os` whose writev fails
+# with ENOSPC after the first batch, what the kernel answers on a full volume (runs without root).
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+from comfyui_sidecar.library.manifest import target_path_problem
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
@@ -31,7 +32,6 @@ from comfyui_operator.api import (
     Toleration,
     _cel,
 )
-from comfyui_sidecar.library.manifest import target_path_problem
 
 KIND = "ComfyUIModelLibrary"
 PLURAL = "comfyuimodellibraries"
@@ -84,7 +84,8 @@ class LibraryStorage(ApiModel):
 
     claim_name: ResourceName | None = Field(
         default=None,
-        description="An existing PersistentVolumeClaim (the sync Job mounts it read-write, instances read-only).",
+        description="An existing PersistentVolumeClaim (the sync Job mounts it read-write, instances "
+        "read-only).",
     )
     size: Size | None = Field(
         default=None, description="Size of a claim the operator creates, named after the library."
@@ -130,8 +131,8 @@ class LibraryModelSpec(ApiModel):
         min_length=3,
         max_length=512,
         pattern=LIBRARY_TARGET,
-        description="<model folder>/<file name> in the library, e.g. checkpoints/sdxl.safetensors; the folder "
-        "is one of ComfyUI's model folders or of spec.extraModelFolders.",
+        description="<model folder>/<file name> in the library, e.g. checkpoints/sdxl.safetensors; the "
+        "folder is one of ComfyUI's model folders or of spec.extraModelFolders.",
     )
     sha256: str | None = Field(
         default=None, pattern=SHA256_HEX, description="Expected sha256; a file that differs is not kept."
@@ -173,8 +174,8 @@ class LibrarySync(ApiModel):
     resources: ResourceRequirements | None = Field(default=None, description="CPU and memory of the Job.")
     env: Annotated[list[EnvVar], Field(max_length=64)] | None = Field(
         default=None,
-        description="Extra environment: AWS_REGION, AWS_ENDPOINT_URL_S3, HF_ENDPOINT, DOWNLOAD_ALLOW_NETWORKS "
-        "(an in-cluster mirror), DOWNLOAD_ATTEMPTS...",
+        description="Extra environment: AWS_REGION, AWS_ENDPOINT_URL_S3, HF_ENDPOINT, "
+        "DOWNLOAD_ALLOW_NETWORKS (an in-cluster mirror), DOWNLOAD_ATTEMPTS...",
     )
     backoff_limit: int = Field(
         default=4,

@@ -205,7 +205,7 @@ def build_sync_job(
                         "action": "FailJob",
                         "onExitCodes": {"containerName": SYNC_CONTAINER, "operator": "In", "values": [2]},
                     },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
             "template": _pod_template(library, spec, settings, name),

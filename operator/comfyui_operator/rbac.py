@@ -4,10 +4,10 @@
 `LEADER_ELECTION_RULES` go into a Role in the operator's own namespace.
 
 No wildcards. No Secret access at all: a missing Secret reference is seen on the pods
-(CreateContainerConfigError) and reported as a `MissingReference` condition; a library's credentials Secret is
-only named in its sync Job's environment. No delete verbs except for the PodDisruptionBudget, which is removed
-when an instance scales down to one replica, and a library's sync Jobs of superseded manifests; everything else
-is garbage-collected through ownerReferences.
+(CreateContainerConfigError) and reported as a `MissingReference` condition; a library's credentials Secret
+is only named in its sync Job's environment. No delete verbs except for the PodDisruptionBudget, which is
+removed when an instance scales down to one replica, and a library's sync Jobs of superseded manifests;
+everything else is garbage-collected through ownerReferences.
 """
 
 from __future__ import annotations

@@ -135,7 +135,10 @@ class LibraryModelSpec(ApiModel):
         "folder is one of ComfyUI's model folders or of spec.extraModelFolders.",
     )
     sha256: str | None = Field(
-        default=None, pattern=SHA256_HEX, description="Expected sha256; a file that differs is not kept."
+        default=None,
+        max_length=64,
+        pattern=SHA256_HEX,
+        description="Expected sha256; a file that differs is not kept.",
     )
     revision: str | None = Field(
         default=None,

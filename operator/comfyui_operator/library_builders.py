@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from comfyui_sidecar.library.manifest import LibraryManifest, LibraryModel
 
 from comfyui_operator import api, library_api
-from comfyui_operator.builders import MANAGER, _container_security, _env, _resources, _secret_env
+from comfyui_operator.builders import InstanceRef, _container_security, _env, _resources, _secret_env
+from comfyui_operator.builders import labels as instance_labels
 from comfyui_operator.settings import OperatorSettings
 
 LIBRARY_ROOT = "/library"
@@ -35,20 +35,13 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 PLACEHOLDER = "<sync>"
 
 
-@dataclass(frozen=True)
-class LibraryRef:
-    name: str
-    namespace: str
-    uid: str
-    generation: int = 1
+LibraryRef = InstanceRef  # name, namespace, uid, generation: the same metadata as an instance's
 
 
 def labels(library: LibraryRef) -> dict[str, str]:
     return {
+        **instance_labels(library),
         "app.kubernetes.io/name": "comfyui-library",
-        "app.kubernetes.io/instance": library.name,
-        "app.kubernetes.io/managed-by": MANAGER,
-        "app.kubernetes.io/part-of": "comfyui-operator",
         LIBRARY_LABEL: library.name,
     }
 

@@ -30,6 +30,7 @@ from comfyui_operator.reconcile import (
     REFUSED_STATUSES,
     EventPoster,
     _now,
+    instance_ref,
     transition_events,
     validation_message,
 )
@@ -37,16 +38,6 @@ from comfyui_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]
-
-
-def library_ref(body: Mapping[str, Any]) -> library_builders.LibraryRef:
-    meta = body["metadata"]
-    return library_builders.LibraryRef(
-        name=meta["name"],
-        namespace=meta["namespace"],
-        uid=meta["uid"],
-        generation=int(meta.get("generation") or 1),
-    )
 
 
 def is_ours(obj: Mapping[str, Any], library: library_builders.LibraryRef) -> bool:
@@ -83,7 +74,7 @@ class LibraryReconciler:
 
     async def reconcile(self, body: Mapping[str, Any]) -> list[status.Problem]:
         """Converge the claim and the sync to the spec, then refresh status. Returns the problems found."""
-        library = library_ref(body)
+        library = instance_ref(body)
         key = (library.namespace, library.name)
         spec, problems = self.parse(library, body)
         if spec is not None:
@@ -181,7 +172,7 @@ class LibraryReconciler:
             await self._refresh(body)
 
     async def _refresh(self, body: Mapping[str, Any]) -> None:
-        library = library_ref(body)
+        library = instance_ref(body)
         key = (library.namespace, library.name)
         spec, parse_problems = self.parse(library, body)
         problems = parse_problems or self._problems.get(key, [])

@@ -18,7 +18,7 @@ from typing import Any
 
 from comfyui_sidecar.library.manifest import LibraryManifest, LibraryModel
 
-from comfyui_operator import api, library_api
+from comfyui_operator import api, builders, library_api
 from comfyui_operator.builders import InstanceRef, _container_security, _env, _resources, _secret_env
 from comfyui_operator.builders import labels as instance_labels
 from comfyui_operator.settings import OperatorSettings
@@ -47,14 +47,7 @@ def labels(library: LibraryRef) -> dict[str, str]:
 
 
 def owner_reference(library: LibraryRef) -> dict[str, Any]:
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": library_api.KIND,
-        "name": library.name,
-        "uid": library.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return builders.owner_reference(library, library_api.KIND)
 
 
 def claim_name(library: LibraryRef, spec: library_api.ComfyUIModelLibrarySpec) -> str:

@@ -30,6 +30,7 @@ from comfyui_operator.reconcile import (
     REFUSED_STATUSES,
     EventPoster,
     _now,
+    apply_or_refused,
     instance_ref,
     transition_events,
     validation_message,
@@ -101,17 +102,7 @@ class LibraryReconciler:
                 "spec.storage.claimName to sync into it, or delete it"
             )
             return [status.Problem(library_status.CLAIM_CONFLICT, message)]
-        return await self._apply(library_builders.build_claim(library, spec))
-
-    async def _apply(self, obj: Mapping[str, Any]) -> list[status.Problem]:
-        try:
-            await self.kube.apply(obj)
-        except KubeError as exc:
-            if exc.status in REFUSED_STATUSES:
-                name = f"{obj['kind']} {obj['metadata']['name']}"
-                return [status.Problem(status.APPLY_FAILED, f"{name} was refused: {exc.message}")]
-            raise
-        return []
+        return await apply_or_refused(self.kube, library_builders.build_claim(library, spec))
 
     async def _jobs(self, library: library_builders.LibraryRef) -> list[dict[str, Any]]:
         selector = f"{library_builders.LIBRARY_LABEL}={library.name}"
@@ -146,7 +137,9 @@ class LibraryReconciler:
                 raise
             logger.info("%s/%s: started sync Job %s", library.namespace, library.name, name)
         if library_status.job_finished(current) is None:
-            return await self._apply(library_builders.build_manifest_config_map(library, spec, current))
+            return await apply_or_refused(
+                self.kube, library_builders.build_manifest_config_map(library, spec, current)
+            )
         return []
 
     async def _synced(self, library: library_builders.LibraryRef, digest: str) -> bool:

@@ -95,6 +95,18 @@ def result_label(problems: list[status.Problem]) -> str:
     return "success"
 
 
+async def apply_or_refused(kube: Kube, obj: Mapping[str, Any]) -> list[status.Problem]:
+    """Server-side apply `obj`; an object the API server refuses (4xx) is an ApplyFailed problem."""
+    try:
+        await kube.apply(obj)
+    except KubeError as exc:
+        if exc.status in REFUSED_STATUSES:
+            name = f"{obj['kind']} {obj['metadata']['name']}"
+            return [status.Problem(status.APPLY_FAILED, f"{name} was refused: {exc.message}")]
+        raise
+    return []
+
+
 def instance_ref(body: Mapping[str, Any]) -> builders.InstanceRef:
     meta = body["metadata"]
     return builders.InstanceRef(
@@ -197,13 +209,9 @@ class Reconciler:
         """Apply every owned object. An object the API server refuses (4xx) becomes an ApplyFailed problem."""
         objects, problems = await self._objects(instance, spec)
         for obj in objects:
-            try:
-                await self.kube.apply(obj)
-            except KubeError as exc:
-                if exc.status in REFUSED_STATUSES:
-                    name = f"{obj['kind']} {obj['metadata']['name']}"
-                    return [status.Problem(status.APPLY_FAILED, f"{name} was refused: {exc.message}")]
-                raise
+            refused = await apply_or_refused(self.kube, obj)
+            if refused:
+                return refused
         if not builders.wants_pdb(spec):
             await self._delete_owned_pdb(instance)
         return problems

@@ -29,7 +29,9 @@ def register_library(
     registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings
 ) -> None:
     libraries = LibraryReconciler(reconciler.kube, settings, reconciler.post_event)
-    refresher = Debouncer(libraries.refresh_by_name)
+    # A Job event reconciles (not only refreshes): when the sync of an older manifest ends, the waiting one
+    # starts.
+    resync = Debouncer(libraries.reconcile_by_name)
 
     async def reconcile_instance(namespace: str, name: str) -> None:
         body = await reconciler.kube.get(api.KIND, namespace, name)
@@ -90,10 +92,10 @@ def register_library(
         if event.get("type") == "DELETED":
             retrier.start(namespace, library, first_attempt=1)  # e.g. deleted by hand: run it again if needed
             return
-        refresher.schedule(namespace, library)
+        resync.schedule(namespace, library)
 
     @kopf.on.cleanup(id="stop_library_tasks", registry=registry)
     async def stop_library_tasks(**_: Any) -> None:
-        await refresher.close()
+        await resync.close()
         await instances.close()
         await retrier.close()

@@ -153,6 +153,11 @@ class LibraryReconciler:
             and current.get("models") is not None
         )
 
+    async def reconcile_by_name(self, namespace: str, name: str) -> None:
+        body = await self.kube.get(library_api.KIND, namespace, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            await self.reconcile(body)
+
     async def refresh_by_name(self, namespace: str, name: str) -> None:
         """Observe the Job and its pods, derive status, write it when it changed (one at a time per
         library)."""

@@ -217,3 +217,39 @@ def test_a_model_that_fails_for_good_fails_the_job_at_once_and_is_named(
         e for e in kubectl.items("events", namespace) if e.get("involvedObject", {}).get("name") == "broken"
     ]
     assert any(e["reason"] == "ModelFailed" and e["type"] == "Warning" for e in events), events
+
+
+def test_a_new_manifest_waits_for_the_running_sync_then_runs(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    kubectl.apply([volume_for(namespace, "resync")])
+    kubectl.apply([library("resync", MODELS)], namespace)
+    first = sync_pod(kubectl, namespace, "resync")
+    (old,) = kubectl.items("jobs", namespace, "comfyui.operator.dev/library=resync")
+    more = [*MODELS, {"url": "https://models.example/c.pt", "target": "vae/c.pt"}]
+    kubectl.apply([library("resync", more)], namespace)
+
+    def waiting() -> Manifest | None:
+        lib = kubectl.get(LIBRARY, "resync", namespace)
+        return (
+            lib if (condition(lib, "Progressing") or {}).get("reason") == "WaitingForPreviousSync" else None
+        )
+
+    wait_for(waiting, timeout=60, what="the new manifest waiting for the running sync")
+    assert [
+        j["metadata"]["name"] for j in kubectl.items("jobs", namespace, "comfyui.operator.dev/library=resync")
+    ] == [old["metadata"]["name"]]  # never two syncs on one volume
+
+    container_exits(kubectl, first, 0, report(ModelReport("Ready", 1, ""), ModelReport("Ready", 2, SHA_B)))
+
+    def replaced() -> list[str] | None:
+        names = [
+            j["metadata"]["name"]
+            for j in kubectl.items("jobs", namespace, "comfyui.operator.dev/library=resync")
+        ]
+        return names if names and old["metadata"]["name"] not in names else None
+
+    (new,) = wait_for(replaced, timeout=90, what="the older Job deleted and the new manifest's Job created")
+    manifest = kubectl.get("configmap", new, namespace)
+    assert manifest is not None
+    assert len(json.loads(manifest["data"]["manifest.json"])["models"]) == 3

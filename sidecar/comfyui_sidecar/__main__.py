@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fill a model library volume from its manifest and exit (the ComfyUIModelLibrary sync Job)",
         description="Download every model of a library manifest into <root>/<folder>/<file>, skipping files "
         "already there with the right size and sha256. Sources, egress policy and download settings are the "
-        "sidecar's (environment variables below). Exit 0: all ready; 1: a failure worth retrying; "
-        "2: failures that need a spec change.",
+        "sidecar's environment variables (comfyui-sidecar --help lists them). Exit 0: all ready; 1: a "
+        "failure worth retrying; 2: failures that need a spec change.",
     )
     sync.add_argument("--manifest", type=Path, required=True, help="the manifest JSON (from the operator)")
     sync.add_argument("--root", type=Path, required=True, help="the library volume, mounted read-write")

@@ -10,6 +10,8 @@ sha256s) and the operator fills in what it knows.
 Line: `{"v":1,"m":<manifest digest[:16]>,"r":[[code,size,sha256,message,flags],...],"p":pruned,"e":error}`
 with one entry per manifest model, in order: code R (Ready), F (Failed) or P (not reached); size is the file's
 size (Ready) or the bytes written before the failure (Failed); flags: 1 retryable, 2 downloaded in this run.
+Trailing default values of an entry are left out. Shrinking ends with the downloaded flags and the sizes of
+Ready models, so 200 entries (the CRD's limit) always fit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 4096
+DEFAULTS: tuple[Any, ...] = ("P", 0, "", "", 0)
 RETRYABLE = 1
 DOWNLOADED = 2
 Phase = Literal["Ready", "Failed", "Pending"]
@@ -51,8 +54,12 @@ class SyncReport:
 
 
 def _entry(model: ModelReport) -> list[Any]:
+    """[code, size, sha256, message, flags] without the trailing defaults (0, "", "", 0)."""
     flags = (RETRYABLE if model.retryable else 0) | (DOWNLOADED if model.downloaded else 0)
-    return [_LETTERS[model.phase], model.size, model.sha256, model.message, flags]
+    entry: list[Any] = [_LETTERS[model.phase], model.size, model.sha256, model.message, flags]
+    while len(entry) > 1 and entry[-1] in (0, ""):
+        entry.pop()
+    return entry
 
 
 def _line(report: SyncReport) -> str:
@@ -79,6 +86,8 @@ def encode(report: SyncReport, pinned: Collection[int] = ()) -> str:
         lambda i, m: replace(m, message=_cut(m.message, 40)),
         lambda i, m: replace(m, sha256=""),
         lambda i, m: replace(m, message=""),
+        lambda i, m: replace(m, downloaded=False),
+        lambda i, m: replace(m, size=0) if m.phase == "Ready" else m,
     ]
     current = replace(report, error=_cut(report.error, 1024))
     for step in [None, *steps]:
@@ -87,7 +96,7 @@ def encode(report: SyncReport, pinned: Collection[int] = ()) -> str:
         line = _line(current)
         if len(line.encode()) < MAX_MESSAGE_BYTES:
             return line + "\n"
-    # Only a manifest far beyond the CRD's bounds gets here: keep the first entries that fit.
+    # Only a manifest far beyond the CRD's bounds (200 models) gets here: keep the first entries that fit.
     models = list(current.models)
     while models and len(_line(replace(current, models=models)).encode()) >= MAX_MESSAGE_BYTES:
         models.pop()
@@ -108,9 +117,9 @@ def decode(text: str | None) -> SyncReport | None:
         return None
     models: list[ModelReport] = []
     for entry in body["r"]:
-        if not (isinstance(entry, list) and len(entry) == 5 and entry[0] in _CODES):
+        if not (isinstance(entry, list) and 1 <= len(entry) <= 5 and entry[0] in _CODES):
             return None
-        code, size, sha, message, flags = entry
+        code, size, sha, message, flags = [*entry, *DEFAULTS[len(entry) :]]
         models.append(
             ModelReport(
                 phase=_CODES[code],

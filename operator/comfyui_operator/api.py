@@ -41,6 +41,10 @@ SIZE_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE])?$"
 INT_OR_PERCENT = r"^([0-9]+%?)$"
 ABSOLUTE_PATH = r"^/"
 PUBLIC_URL = r"^https?://[^/?#\s]+(/[^?#\s]*)?$"
+# ComfyUIModelLibrary (library_api.py): a model URL, a target path inside the library, a sha256.
+MODEL_URL = r"^[a-z][a-z0-9+.-]*://[^\s]+$"
+LIBRARY_TARGET = r"^[A-Za-z0-9_][-A-Za-z0-9_]*(/[^./\\\x00-\x1f][^/\\\x00-\x1f]*)+$"
+SHA256_HEX = r"^[0-9a-f]{64}$"
 MAX_NAME = 253
 MAX_QUANTITY = 64  # longest quantity string; bounds the CEL cost of checking it
 
@@ -64,6 +68,10 @@ PATTERN_MESSAGES: dict[str, str] = {
     INT_OR_PERCENT: "must be a number of pods or a percentage, e.g. 1 or 25%",
     ABSOLUTE_PATH: "must be an absolute path (starting with /)",
     PUBLIC_URL: "must be an http(s) URL without query or fragment, e.g. https://comfy.example.com/api",
+    MODEL_URL: "must be a URL such as https://huggingface.co/<repo>/resolve/main/<file> or s3://bucket/key",
+    LIBRARY_TARGET: "must be <model folder>/<file name>, e.g. checkpoints/model.safetensors: no '..', '.' "
+    "or hidden path segments, no backslashes",
+    SHA256_HEX: "must be a sha256: 64 lower-case hex digits",
 }
 
 
@@ -350,7 +358,10 @@ class Models(ApiModel):
         default=None, description="PersistentVolumeClaim with the models (ReadOnlyMany), mounted read-only."
     )
     library_ref: LocalObjectReference | None = Field(
-        default=None, description="A ComfyUIModelLibrary in the same namespace (reserved; not yet served)."
+        default=None,
+        description="A ComfyUIModelLibrary in the same namespace: its claim is mounted read-only and the "
+        "instance reports ModelsReady. Pods start once the library is Ready (running pods are kept when it "
+        "syncs again).",
     )
     sub_path: str | None = Field(
         default=None, max_length=4096, description="Sub-path of the volume to mount."

@@ -94,10 +94,10 @@ def endpoint(instance: InstanceRef, spec: api.ComfyUIInstanceSpec, settings: Ope
     return f"http://{instance.name}.{instance.namespace}.svc.{settings.cluster_domain}:{spec.service.port}"
 
 
-def owner_reference(instance: InstanceRef) -> dict[str, Any]:
+def owner_reference(instance: InstanceRef, kind: str = api.KIND) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
+        "kind": kind,
         "name": instance.name,
         "uid": instance.uid,
         "controller": True,

@@ -14,6 +14,7 @@ import kopf
 
 from comfyui_operator import api, builders
 from comfyui_operator.kube import KubeError
+from comfyui_operator.library_handlers import register_library
 from comfyui_operator.reconcile import RETRIED_REASONS, Reconciler, retry_delay
 from comfyui_operator.scheduling import Debouncer, PeriodicRefresh, Retrier
 from comfyui_operator.settings import OperatorSettings
@@ -130,6 +131,8 @@ def register(
         instance = meta.labels.get(INSTANCE_LABEL)
         if instance:
             refresher.schedule(str(meta["namespace"]), instance)
+
+    register_library(registry, reconciler, settings)
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client, config
 
-from comfyui_operator import api
+from comfyui_operator import api, library_api
 
 FIELD_MANAGER = "comfyui-operator"
 REQUEST_TIMEOUT_SECONDS = 30
@@ -66,7 +66,9 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("/apis/apps/v1", "deployments"),
     "PodDisruptionBudget": Kind("/apis/policy/v1", "poddisruptionbudgets"),
     "Lease": Kind("/apis/coordination.k8s.io/v1", "leases"),
+    "Job": Kind("/apis/batch/v1", "jobs"),
     api.KIND: Kind(f"/apis/{api.API_VERSION}", api.PLURAL),
+    library_api.KIND: Kind(f"/apis/{api.API_VERSION}", library_api.PLURAL),
 }
 
 
@@ -181,13 +183,16 @@ class Kube:
         )
         return result or {}
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete the object; False when it did not exist."""
-        return await self._request("DELETE", KINDS[kind].path(namespace, name)) is not None
+    async def delete(self, kind: str, namespace: str, name: str, *, propagation: str | None = None) -> bool:
+        """Delete the object (dependents per `propagation`, e.g. Background); False when it did not exist."""
+        query = {"propagationPolicy": propagation} if propagation else None
+        return await self._request("DELETE", KINDS[kind].path(namespace, name), query) is not None
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the instance's status subresource."""
-        path = KINDS[api.KIND].path(namespace, name) + "/status"
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, kind: str = api.KIND
+    ) -> None:
+        """Merge-patch the status subresource of an instance (or of another kind of ours)."""
+        path = KINDS[kind].path(namespace, name) + "/status"
         await self._request("PATCH", path, None, {"status": dict(status)}, "application/merge-patch+json")
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,10 @@
 `LEADER_ELECTION_RULES` go into a Role in the operator's own namespace.
 
 No wildcards. No Secret access at all: a missing Secret reference is seen on the pods
-(CreateContainerConfigError) and reported as a `MissingReference` condition. No delete verbs except for the
-PodDisruptionBudget, which is removed when an instance scales down to one replica; everything else is
-garbage-collected through ownerReferences.
+(CreateContainerConfigError) and reported as a `MissingReference` condition; a library's credentials Secret
+is only named in its sync Job's environment. No delete verbs except for the PodDisruptionBudget, which is
+removed when an instance scales down to one replica, and a library's sync Jobs of superseded manifests;
+everything else is garbage-collected through ownerReferences.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from comfyui_operator import api
+from comfyui_operator import api, library_api
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,28 @@ WORKLOAD_RULES: tuple[PolicyRule, ...] = (
         "server-side apply the PodDisruptionBudget; delete it when replicas drop to 1 or less",
     ),
     PolicyRule(
-        ("",), ("persistentvolumeclaims",), ("get",), "check that referenced model/custom-node PVCs exist"
+        (api.GROUP,),
+        (library_api.PLURAL,),
+        ("get", "list", "watch", "patch"),
+        "watch model libraries; kopf patches its progress annotations",
+    ),
+    PolicyRule(
+        (api.GROUP,),
+        (f"{library_api.PLURAL}/status",),
+        ("get", "patch"),
+        "write library status (only when it changed)",
+    ),
+    PolicyRule(
+        ("batch",),
+        ("jobs",),
+        ("get", "list", "watch", "create", "delete"),
+        "create a library's sync Job and watch it; delete the Jobs of superseded manifests",
+    ),
+    PolicyRule(
+        ("",),
+        ("persistentvolumeclaims",),
+        ("get", "create", "patch"),
+        "check that referenced model/custom-node PVCs exist; server-side apply a library's claim",
     ),
     PolicyRule(
         ("",), ("pods",), ("get", "list", "watch"), "derive status (unschedulable, image pull, crash loops)"

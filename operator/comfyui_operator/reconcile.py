@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from comfyui_operator import api, builders, metrics, status
+from comfyui_operator import api, builders, library_link, library_status, metrics, status
 from comfyui_operator.kube import Kube, KubeError
 from comfyui_operator.settings import OperatorSettings
 
@@ -39,17 +39,8 @@ class Reference:
 def references(spec: api.ComfyUIInstanceSpec) -> list[Reference]:
     """Referenced PVCs and ConfigMaps (Secrets are never read; a missing one shows on the pods)."""
     refs: list[Reference] = []
-    if spec.models is not None:
-        if spec.models.claim_name:
-            refs.append(
-                Reference("PersistentVolumeClaim", spec.models.claim_name, field="spec.models.claimName")
-            )
-        elif spec.models.library_ref is not None:
-            refs.append(
-                Reference(
-                    "PersistentVolumeClaim", spec.models.library_ref.name, field="spec.models.libraryRef"
-                )
-            )
+    if spec.models is not None and spec.models.claim_name:  # a libraryRef: library_link
+        refs.append(Reference("PersistentVolumeClaim", spec.models.claim_name, field="spec.models.claimName"))
     if spec.custom_nodes is not None:
         refs.append(
             Reference("PersistentVolumeClaim", spec.custom_nodes.claim_name, field="spec.customNodes")
@@ -102,6 +93,18 @@ def result_label(problems: list[status.Problem]) -> str:
         if reason in reasons:
             return label
     return "success"
+
+
+async def apply_or_refused(kube: Kube, obj: Mapping[str, Any]) -> list[status.Problem]:
+    """Server-side apply `obj`; an object the API server refuses (4xx) is an ApplyFailed problem."""
+    try:
+        await kube.apply(obj)
+    except KubeError as exc:
+        if exc.status in REFUSED_STATUSES:
+            name = f"{obj['kind']} {obj['metadata']['name']}"
+            return [status.Problem(status.APPLY_FAILED, f"{name} was refused: {exc.message}")]
+        raise
+    return []
 
 
 def instance_ref(body: Mapping[str, Any]) -> builders.InstanceRef:
@@ -204,17 +207,31 @@ class Reconciler:
         self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec
     ) -> list[status.Problem]:
         """Apply every owned object. An object the API server refuses (4xx) becomes an ApplyFailed problem."""
-        for obj in builders.build_all(instance, spec, self.settings):
-            try:
-                await self.kube.apply(obj)
-            except KubeError as exc:
-                if exc.status in REFUSED_STATUSES:
-                    name = f"{obj['kind']} {obj['metadata']['name']}"
-                    return [status.Problem(status.APPLY_FAILED, f"{name} was refused: {exc.message}")]
-                raise
+        objects, problems = await self._objects(instance, spec)
+        for obj in objects:
+            refused = await apply_or_refused(self.kube, obj)
+            if refused:
+                return refused
         if not builders.wants_pdb(spec):
             await self._delete_owned_pdb(instance)
-        return []
+        return problems
+
+    async def _objects(
+        self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec
+    ) -> tuple[list[dict[str, Any]], list[status.Problem]]:
+        """The owned objects; with a libraryRef, its claim mounted and the pods gated (library_link)."""
+        link = await library_link.find_link(self.kube, instance.namespace, spec)
+        if link is None:
+            return builders.build_all(instance, spec, self.settings), []
+        objects = builders.build_all(instance, library_link.mounted_spec(spec, link), self.settings)
+        problem = link.problem()
+        if problem is not None:
+            return library_link.without_deployment(objects), [problem]
+        if not link.ready:
+            deployment = await self.kube.get("Deployment", instance.namespace, instance.name)
+            if link.hold_pods(deployment):
+                return library_link.held(objects), []
+        return objects, []
 
     def _remember(self, key: Key, generation: int, problems: list[status.Problem]) -> None:
         self._problems[key] = problems
@@ -280,6 +297,17 @@ class Reconciler:
                 event for event in warnings if (event.get("involvedObject") or {}).get("name") in pending
             ]
         desired = spec.replicas if spec is not None else _raw_replicas(body)
+        link = await library_link.find_link(self.kube, instance.namespace, spec) if spec is not None else None
+        extra: list[dict[str, Any]] = []
+        waiting = None
+        if link is not None:
+            running = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+            held = link.library is not None and not link.ready and running == 0 and desired > 0
+            extra.append(link.condition(held))
+            if held:
+                waiting = status.Problem(
+                    library_status.WAITING_FOR_MODELS, f"no pods yet: {extra[0]['message']}"
+                )
         observed = status.Observed(
             generation=self._generations.get(key, instance.generation),
             desired_replicas=desired,
@@ -289,6 +317,8 @@ class Reconciler:
             problems=self._problems.get(key, []),
             selector=builders.selector_string(instance),
             endpoint=builders.endpoint(instance, spec, self.settings) if spec is not None else None,
+            extra_conditions=extra,
+            waiting=waiting,
         )
         previous = dict(body.get("status") or {})
         new = status.derive_status(observed, previous, self.clock(), _images(deployment))

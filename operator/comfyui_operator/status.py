@@ -85,6 +85,9 @@ class Observed:
     problems: Sequence[Problem] = field(default_factory=tuple)  # found by the operator itself
     selector: str | None = None
     endpoint: str | None = None
+    # spec.models.libraryRef (library_link): the ModelsReady condition, and why no pods are started yet
+    extra_conditions: Sequence[Mapping[str, Any]] = ()
+    waiting: Problem | None = None
 
 
 def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
@@ -286,6 +289,20 @@ def desired_conditions(observed: Observed) -> list[dict[str, Any]]:
     return [ready_condition, progressing, degraded]
 
 
+def _with_models(observed: Observed, conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pods held back for the library (not a problem: Degraded is left alone), plus ModelsReady."""
+    waiting = observed.waiting
+    if waiting is not None:
+        for index, cond in enumerate(conditions):
+            if cond["type"] in (READY, PROGRESSING) and not (
+                cond["type"] == READY and cond["status"] == "True"
+            ):
+                conditions[index] = _condition(
+                    cond["type"], cond["type"] == PROGRESSING, waiting.reason, waiting.message
+                )
+    return [*conditions, *(dict(cond) for cond in observed.extra_conditions)]
+
+
 def merge_conditions(
     previous: Sequence[Mapping[str, Any]] | None,
     wanted: Sequence[Mapping[str, Any]],
@@ -332,7 +349,7 @@ def derive_status(
         status[key] = value
     previous_conditions = (previous or {}).get("conditions")
     status["conditions"] = merge_conditions(
-        previous_conditions, desired_conditions(observed), observed.generation, now
+        previous_conditions, _with_models(observed, desired_conditions(observed)), observed.generation, now
     )
     return status
 

@@ -8,11 +8,13 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from comfyui_sidecar.app import STATE_KEY, STOP_KEY, QuietBadRequests, create_app, drain, make_runner
+from comfyui_sidecar.library.sync import main as sync_main
 from comfyui_sidecar.listen import listening_socket
 from comfyui_sidecar.model_paths import write_model_paths
 from comfyui_sidecar.settings import Settings
@@ -62,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="write ComfyUI's extra_model_paths.yaml (EXTRA_MODEL_PATHS_FILE) from the settings and exit "
         "(the operator's init container runs this before ComfyUI starts)",
     )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sync = commands.add_parser(
+        "sync",
+        help="fill a model library volume from its manifest and exit (the ComfyUIModelLibrary sync Job)",
+        description="Download every model of a library manifest into <root>/<folder>/<file>, skipping files "
+        "already there with the right size and sha256. Sources, egress policy and download settings are the "
+        "sidecar's environment variables (comfyui-sidecar --help lists them). Exit 0: all ready; 1: a "
+        "failure worth retrying; 2: failures that need a spec change.",
+    )
+    sync.add_argument("--manifest", type=Path, required=True, help="the manifest JSON (from the operator)")
+    sync.add_argument("--root", type=Path, required=True, help="the library volume, mounted read-write")
+    sync.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="file the result line is written to after every model (the Job uses /dev/termination-log)",
+    )
     return parser
 
 
@@ -100,6 +119,9 @@ async def serve(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sync":
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return sync_main(args.manifest, args.root, args.report)
     try:
         settings = Settings()
     except ValidationError as error:

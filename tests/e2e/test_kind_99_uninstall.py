@@ -31,7 +31,14 @@ def _names(items: list[dict[str, Any]]) -> list[str]:
 
 
 def test_uninstall_leaves_only_what_the_docs_say(kube: Kube) -> None:
-    kube.run("delete", "comfyuiinstances", "--all", "--all-namespaces", "--wait=true", timeout=300)
+    kube.run(
+        "delete",
+        "comfyuiinstances,comfyuimodellibraries",
+        "--all",
+        "--all-namespaces",
+        "--wait=true",
+        timeout=300,
+    )
 
     def instances_gone() -> bool:
         left = _items(kube, NAMESPACED, "-A", "-l", "app.kubernetes.io/managed-by=comfyui-operator")
@@ -58,9 +65,8 @@ def test_uninstall_leaves_only_what_the_docs_say(kube: Kube) -> None:
     ]
     assert left == [], _names(left)
     # What is kept, as documented.
-    assert kube.json("get", "crd", "comfyuiinstances.comfyui.operator.dev", check=False), (
-        "the CRD was deleted"
-    )
+    for crd in ("comfyuiinstances.comfyui.operator.dev", "comfyuimodellibraries.comfyui.operator.dev"):
+        assert kube.json("get", "crd", crd, check=False), f"the CRD {crd} was deleted"
     assert kube.json("get", "namespace", NAMESPACE, check=False)
     leases = _items(kube, "leases", "-n", NAMESPACE)
     assert [lease["metadata"]["name"] for lease in leases] == ["comfyui-operator"], _names(leases)

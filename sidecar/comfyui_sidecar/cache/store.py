@@ -52,6 +52,25 @@ class Downloaded:
     seconds: float
 
 
+def download_sources(
+    settings: CacheSettings, egress: Egress
+) -> tuple[SourceRegistry, S3Clients, FetchOptions]:
+    """The sources (http, hf, s3) downloading through `egress`, their S3 clients (close them) and the fetch
+    options from the settings: shared by the cache and the model library's sync."""
+    s3 = S3Clients(
+        egress.download,
+        connect_timeout=settings.download_connect_timeout_seconds,
+        read_timeout=settings.download_read_timeout_seconds,
+    )
+    registry = build_registry(settings, egress, s3, wait_seconds=settings.download_connect_timeout_seconds)
+    options = FetchOptions(
+        max_bytes=settings.download_max_bytes,
+        attempts=settings.download_attempts,
+        backoff_seconds=settings.download_backoff_seconds,
+    )
+    return registry, s3, options
+
+
 def _unlink_all(paths: Sequence[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
@@ -82,19 +101,7 @@ class ModelCache:
         self.index = LruIndex(settings.cache_budget_bytes())
         self._own_egress = egress is None if close_egress is None else close_egress
         self.egress = egress or Egress(settings)
-        self.s3 = S3Clients(
-            self.egress.download,
-            connect_timeout=settings.download_connect_timeout_seconds,
-            read_timeout=settings.download_read_timeout_seconds,
-        )
-        self.registry: SourceRegistry = build_registry(
-            settings, self.egress, self.s3, wait_seconds=settings.download_connect_timeout_seconds
-        )
-        self.options = FetchOptions(
-            max_bytes=settings.download_max_bytes,
-            attempts=settings.download_attempts,
-            backoff_seconds=settings.download_backoff_seconds,
-        )
+        self.registry, self.s3, self.options = download_sources(settings, self.egress)
         self._flight: SingleFlight[Entry] = SingleFlight()
         self._space = asyncio.Condition()
         self._background: set[asyncio.Task[None]] = set()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from comfyui_operator import api, builders
+from comfyui_operator import api, builders, library_api, library_builders
 from comfyui_operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -59,9 +59,41 @@ def dump_all(objects: list[dict[str, Any]]) -> str:
     return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False, width=120)
 
 
-def example_documents() -> list[tuple[str, dict[str, Any]]]:
-    """(file name, instance) for every instance in examples/*.yaml."""
-    return [(path.name, doc) for path in sorted(EXAMPLES.glob("*.yaml")) for doc in load_docs(path)]
+def _example_files() -> list[Path]:
+    return sorted([*EXAMPLES.glob("*.yaml"), *(EXAMPLES / "library").glob("*.yaml")])
+
+
+def example_documents(kind: str = api.KIND) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, object) for every object of `kind` in examples/*.yaml and examples/library/*.yaml."""
+    return [
+        (path.name, doc)
+        for path in _example_files()
+        for doc in load_docs(path)
+        if doc.get("kind", api.KIND) == kind
+    ]
+
+
+def library_of(doc: dict[str, Any]) -> library_builders.LibraryRef:
+    meta = doc["metadata"]
+    return library_builders.LibraryRef(
+        name=meta["name"],
+        namespace=meta.get("namespace", "default"),
+        uid="00000000-0000-0000-0000-000000000002",
+    )
+
+
+def library_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the operator creates for one library: the claim (when it creates one), the sync Job and its
+    manifest ConfigMap (the Job's uid as the API server would give it)."""
+    library = library_of(doc)
+    spec = library_api.parse_library_spec(doc["spec"])
+    digest = library_builders.sync_digest(library, spec, fixed_settings())
+    job = library_builders.build_sync_job(library, spec, fixed_settings(), digest)
+    created = {**job, "metadata": {**job["metadata"], "uid": "00000000-0000-0000-0000-000000000003"}}
+    objects = [job, library_builders.build_manifest_config_map(library, spec, created)]
+    if spec.storage.size is not None:
+        objects.insert(0, library_builders.build_claim(library, spec))
+    return objects
 
 
 def golden_path(file_name: str, doc: dict[str, Any]) -> Path:
@@ -75,4 +107,7 @@ def render_golden(doc: dict[str, Any]) -> str:
 
 def golden_files() -> dict[Path, str]:
     """The builders' golden files and their expected content (`make generate` writes them)."""
-    return {golden_path(name, doc): render_golden(doc) for name, doc in example_documents()}
+    files = {golden_path(name, doc): render_golden(doc) for name, doc in example_documents()}
+    for name, doc in example_documents(library_api.KIND):
+        files[golden_path(name, doc)] = dump_all(library_objects(doc))
+    return files

@@ -209,10 +209,9 @@ def test_references_and_problems() -> None:
     )
     refs = reconcile.references(spec)
     assert [(r.kind, r.name) for r in refs] == [
-        ("PersistentVolumeClaim", "lib"),
         ("PersistentVolumeClaim", "nodes"),
         ("ConfigMap", "wu"),
-    ]  # Secrets are never read
+    ]  # Secrets are never read; the library is looked up by library_link, not as a claim
     ref = Reference("ConfigMap", "wu", "w.json", "spec.warmup.configMapRef")
     assert reconcile.reference_problem(ref, {"data": {"w.json": "{}"}}) is None
     problem = reconcile.reference_problem(ref, {"data": {}})

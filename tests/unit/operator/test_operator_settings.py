@@ -98,10 +98,12 @@ def test_rbac_is_least_privilege() -> None:
         assert "secrets" not in rule["resources"]
         assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch", "update", "delete"}
     deletable = {res for rule in rules if "delete" in rule["verbs"] for res in rule["resources"]}
-    assert deletable == {"poddisruptionbudgets"}
+    assert deletable == {"poddisruptionbudgets", "jobs"}  # jobs: a library's superseded syncs
     by_resource = {res: set(rule["verbs"]) for rule in rules for res in rule["resources"]}
     assert by_resource[f"{api.PLURAL}/status"] == {"get", "patch"}
-    assert by_resource["persistentvolumeclaims"] == {"get"}
+    assert by_resource["comfyuimodellibraries/status"] == {"get", "patch"}
+    assert by_resource["persistentvolumeclaims"] == {"get", "create", "patch"}  # a library's own claim
+    assert by_resource["jobs"] == {"get", "list", "watch", "create", "delete"}
     assert by_resource["leases"] == {"get", "create", "update"}
     assert all(rule.why for rule in rbac.WORKLOAD_RULES + rbac.LEADER_ELECTION_RULES)
 

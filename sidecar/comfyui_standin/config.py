@@ -24,6 +24,11 @@ class StandinConfig:
     user_directory: Path | None = None
     extra_model_paths_configs: tuple[Path, ...] = ()
     exec_delay: float = 0.0
+    model_load_delay: float = 0.0
+    """Seconds a model-loader node takes when it really runs (not served from the execution cache)."""
+    cache_lru: int = 0
+    """ComfyUI's --cache-lru N: keep up to N node outputs across prompts; 0 = the classic cache (only the
+    nodes of the latest prompt are kept)."""
     startup_delay: float = 0.0
     preview_method: str = "none"
     """none: no previews (ComfyUI's default); otherwise samplers send a JPEG preview per step."""
@@ -89,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-upload-size", type=float, default=100, help="in MB")
     parser.add_argument("--exec-delay", type=float, default=0.0, help="stand-in only: seconds spent per node")
     parser.add_argument(
+        "--model-load-delay",
+        type=float,
+        default=0.0,
+        help="stand-in only: seconds a model-loader node takes when it runs (not when served from the cache)",
+    )
+    parser.add_argument(
+        "--cache-lru",
+        type=int,
+        default=0,
+        help="keep up to N node outputs across prompts (LRU); 0 = ComfyUI's classic cache",
+    )
+    parser.add_argument(
         "--startup-delay", type=float, default=0.0, help="stand-in only: seconds before listening"
     )
     parser.add_argument(
@@ -135,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--front-end-version",
         "--verbose",
         "--reserve-vram",
-        "--cache-lru",
         "--preview-size",
         "--front-end-root",
         "--default-device",
@@ -151,8 +167,10 @@ def parse_args(argv: Sequence[str]) -> StandinConfig:
     ns, unknown = parser.parse_known_args(list(argv))
     if not 0 <= ns.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, got {ns.port}")
-    if ns.exec_delay < 0 or ns.startup_delay < 0:
-        parser.error("--exec-delay and --startup-delay must not be negative")
+    if ns.exec_delay < 0 or ns.startup_delay < 0 or ns.model_load_delay < 0:
+        parser.error("--exec-delay, --model-load-delay and --startup-delay must not be negative")
+    if ns.cache_lru < 0:
+        parser.error(f"--cache-lru must not be negative, got {ns.cache_lru}")
     base = (ns.base_directory or Path.cwd()).resolve()
     return StandinConfig(
         base_directory=base,
@@ -164,6 +182,8 @@ def parse_args(argv: Sequence[str]) -> StandinConfig:
         user_directory=ns.user_directory.resolve() if ns.user_directory else None,
         extra_model_paths_configs=tuple(p.resolve() for p in ns.extra_model_paths_config),
         exec_delay=ns.exec_delay,
+        model_load_delay=ns.model_load_delay,
+        cache_lru=ns.cache_lru,
         startup_delay=ns.startup_delay,
         preview_method=ns.preview_method,
         max_upload_size=int(ns.max_upload_size * 1024 * 1024),

@@ -71,11 +71,24 @@ class PromptRun:
 
 
 class Executor:
-    def __init__(self, env: Environment, send: Send, exec_delay: float = 0.0, previews: bool = False) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        send: Send,
+        exec_delay: float = 0.0,
+        previews: bool = False,
+        *,
+        model_load_delay: float = 0.0,
+        cache_lru: int = 0,
+    ) -> None:
         self.env = env
         self.send = send
         self.exec_delay = exec_delay
         self.previews = previews
+        self.model_load_delay = model_load_delay
+        self.cache_lru = cache_lru
+        self.model_loads = 0
+        """Model-loader nodes that really ran (not served from the execution cache)."""
         self._heap: list[tuple[float, int, QueueItem]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -220,8 +233,7 @@ class Executor:
         """Execute the prompt's nodes in ComfyUI's order; True when it failed or was interrupted."""
         prompt = run.item.prompt
         sigs = graph.signatures(prompt, self._changed(prompt))
-        wanted = set(sigs.values())
-        self.cache = {sig: entry for sig, entry in self.cache.items() if sig in wanted}
+        self._prune_cache(set(sigs.values()))
         cached = {nid for nid, sig in sigs.items() if sig in self.cache}
         cached_list = [nid for nid in prompt if nid in cached]
         self._message(run, "execution_cached", {"nodes": cached_list, "prompt_id": run.item.prompt_id})
@@ -236,6 +248,18 @@ class Executor:
                 return True
             executed.append(node_id)
         return False
+
+    def _prune_cache(self, wanted: set[str]) -> None:
+        """Before a prompt runs, as ComfyUI's caches do: the classic cache keeps only the outputs this prompt
+        can reuse (a model loaded by an earlier prompt and not used by this one is dropped); with
+        `--cache-lru N` the N most recently used outputs stay, this prompt's reusable ones first."""
+        if self.cache_lru <= 0:
+            self.cache = {sig: entry for sig, entry in self.cache.items() if sig in wanted}
+            return
+        reused = {sig: self.cache.pop(sig) for sig in list(self.cache) if sig in wanted}
+        room = max(0, self.cache_lru - len(reused))
+        others = list(self.cache.items())[len(self.cache) - room :] if room else []
+        self.cache = {**dict(others), **reused}
 
     async def _run_node_events(
         self, run: PromptRun, node_id: str, sigs: dict[str, str], executed: list[str]
@@ -367,12 +391,20 @@ class Executor:
 
     def _is_quick(self, class_type: str, inputs: dict[str, Any]) -> bool:
         """Small work runs on the event loop: a thread hop costs more than encoding a small PNG."""
-        if self.exec_delay > 0 or NODES[class_type].reports_progress or class_type == "StandinSleep":
+        node = NODES[class_type]
+        if self.exec_delay > 0 or node.reports_progress or class_type == "StandinSleep":
+            return False
+        if node.loads_model and self.model_load_delay > 0:
             return False
         return estimated_pixels(self.env, inputs) <= QUICK_PIXELS
 
     def _run_node(self, ctx: NodeContext, class_type: str, inputs: dict[str, Any]) -> NodeOutput:
-        if self.exec_delay > 0 and not NODES[class_type].reports_progress:
+        node = NODES[class_type]
+        if node.loads_model:
+            self.model_loads += 1
+            if self.model_load_delay > 0:
+                ctx.sleep(self.model_load_delay)
+        if self.exec_delay > 0 and not node.reports_progress:
             ctx.sleep(self.exec_delay)
         ctx.check_interrupt()
         return NODES[class_type].function(ctx, inputs)

@@ -114,6 +114,8 @@ class NodeDef:
     is_changed: Callable[[Environment, Mapping[str, Any]], Any] | None = None
     # nodes that report progress spread --exec-delay over their steps instead of waiting up front
     reports_progress: bool = False
+    # model loaders: running one (not serving it from the execution cache) costs --model-load-delay
+    loads_model: bool = False
 
 
 # ---------------------------------------------------------------- image helpers
@@ -465,37 +467,48 @@ NODES: dict[str, NodeDef] = {
             "UpscaleModelLoader",
             _loader("upscale_models", "model_name"),
             dynamic_lists={"model_name": _folder_list("upscale_models")},
+            loads_model=True,
         ),
         NodeDef("ImageUpscaleWithModel", image_upscale_with_model, reports_progress=True),
         NodeDef(
             "CheckpointLoaderSimple",
             _loader("checkpoints", "ckpt_name", 3),
             dynamic_lists={"ckpt_name": _folder_list("checkpoints")},
+            loads_model=True,
         ),
-        NodeDef("LoraLoader", lora_loader, dynamic_lists={"lora_name": _folder_list("loras")}),
         NodeDef(
-            "LoraLoaderModelOnly", lora_loader_model_only, dynamic_lists={"lora_name": _folder_list("loras")}
+            "LoraLoader", lora_loader, dynamic_lists={"lora_name": _folder_list("loras")}, loads_model=True
         ),
-        NodeDef("VAELoader", vae_loader, dynamic_lists={"vae_name": _vae_list}),
+        NodeDef(
+            "LoraLoaderModelOnly",
+            lora_loader_model_only,
+            dynamic_lists={"lora_name": _folder_list("loras")},
+            loads_model=True,
+        ),
+        NodeDef("VAELoader", vae_loader, dynamic_lists={"vae_name": _vae_list}, loads_model=True),
         NodeDef(
             "CLIPLoader",
             _loader("text_encoders", "clip_name"),
             dynamic_lists={"clip_name": _folder_list("text_encoders")},
+            loads_model=True,
         ),
         NodeDef(
             "UNETLoader",
             _loader("diffusion_models", "unet_name"),
             dynamic_lists={"unet_name": _folder_list("diffusion_models")},
+            loads_model=True,
         ),
         NodeDef(
             "CLIPVisionLoader",
             _loader("clip_vision", "clip_name"),
             dynamic_lists={"clip_name": _folder_list("clip_vision")},
+            loads_model=True,
         ),
         NodeDef(
             "ControlNetLoader",
             _loader("controlnet", "control_net_name"),
             dynamic_lists={"control_net_name": _folder_list("controlnet")},
+            loads_model=True,
         ),
         NodeDef("EmptyLatentImage", empty_latent_image),
         NodeDef("CLIPTextEncode", clip_text_encode),

@@ -54,7 +54,14 @@ class Standin:
         self.env = Environment(config.input_dir, config.output_dir, config.temp_dir, folders)
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.outbox: asyncio.Queue[tuple[str, dict[str, Any], str | None]] = asyncio.Queue()
-        self.executor = Executor(self.env, self.send, config.exec_delay, config.preview_method != "none")
+        self.executor = Executor(
+            self.env,
+            self.send,
+            config.exec_delay,
+            config.preview_method != "none",
+            model_load_delay=config.model_load_delay,
+            cache_lru=config.cache_lru,
+        )
         self.preview_metadata: set[str] = set()
         """Sockets whose first frame announced supports_preview_metadata: they get type-4 preview frames."""
         self.number = 0

@@ -78,6 +78,8 @@ async def run_standin(
     extra_model_paths_configs: Sequence[Path] = (),
     port: int = 0,
     preview_method: str = "none",
+    model_load_delay: float = 0.0,
+    cache_lru: int = 0,
 ) -> AsyncIterator[RunningStandin]:
     """Run the stand-in inside this event loop on 127.0.0.1 (a free port unless `port` is given)."""
     config = StandinConfig(
@@ -85,6 +87,8 @@ async def run_standin(
         listen=HOST,
         port=port,
         exec_delay=exec_delay,
+        model_load_delay=model_load_delay,
+        cache_lru=cache_lru,
         preview_method=preview_method,
         extra_model_paths_configs=tuple(Path(p) for p in extra_model_paths_configs),
     )

@@ -55,6 +55,10 @@ def test_parse_args_like_comfyui(tmp_path: Path) -> None:
             str(tmp_path / "t"),
             "--exec-delay",
             "0.5",
+            "--model-load-delay",
+            "2.5",
+            "--cache-lru",
+            "16",
         ]
     )
     assert config.listen == "0.0.0.0"
@@ -64,6 +68,7 @@ def test_parse_args_like_comfyui(tmp_path: Path) -> None:
     assert config.temp_dir == tmp_path / "t" / "temp"
     assert config.extra_model_paths_configs == (extra, extra)
     assert config.exec_delay == 0.5
+    assert (config.model_load_delay, config.cache_lru) == (2.5, 16)
 
 
 def test_parse_args_defaults_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,6 +80,11 @@ def test_parse_args_defaults_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--port must be between" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--exec-delay", "-1"])
+    with pytest.raises(SystemExit):
+        parse_args(["--model-load-delay", "-1"])
+    with pytest.raises(SystemExit):
+        parse_args(["--cache-lru", "-2"])
+    assert "--cache-lru must not be negative" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- folders

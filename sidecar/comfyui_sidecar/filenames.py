@@ -3,11 +3,14 @@ rules of contract 4.2. Pure functions, no I/O, no project imports."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import posixpath
 import re
 from email.message import Message
 from urllib.parse import unquote, urlsplit
 
+HASH_LENGTH = 32
 MAX_FINAL_URL_EXTENSION = 15
 MAX_NAME = 200
 
@@ -103,3 +106,10 @@ def infer_extension(
         if ext and len(ext) <= MAX_FINAL_URL_EXTENSION:
             return ext
     return mime_extension(content_type)
+
+
+def url_hash(url: str) -> str:
+    """`base64url(sha256(url))[:32]`: the cache key of a URL, byte-compatible with comfyui-api (the cache
+    names a URL's blob `<url_hash><extension>`, `cache.naming`)."""
+    digest = hashlib.sha256(url.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii")[:HASH_LENGTH]

@@ -6,20 +6,12 @@ The cache name of a URL is `base64url(sha256(url))[:32]` followed by the extensi
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import posixpath
 from urllib.parse import unquote, urlsplit
 
-from comfyui_sidecar.filenames import clean_extension, safe_basename
+from comfyui_sidecar.filenames import HASH_LENGTH, clean_extension, safe_basename, url_hash
 
-HASH_LENGTH = 32
-
-
-def url_hash(url: str) -> str:
-    """`base64url(sha256(url))[:32]`: the cache key of a URL, byte-compatible with comfyui-api."""
-    digest = hashlib.sha256(url.encode("utf-8")).digest()
-    return base64.urlsafe_b64encode(digest).decode("ascii")[:HASH_LENGTH]
+__all__ = ["HASH_LENGTH", "cache_name", "link_name", "url_basename", "url_hash"]
 
 
 def cache_name(url: str, extension: str) -> str:

@@ -16,21 +16,11 @@ from pydantic import ValidationError
 from comfyui_sidecar.app import STATE_KEY, STOP_KEY, QuietBadRequests, create_app, drain, make_runner
 from comfyui_sidecar.library.sync import main as sync_main
 from comfyui_sidecar.listen import listening_socket
+from comfyui_sidecar.logs import setup_logging
 from comfyui_sidecar.model_paths import write_model_paths
 from comfyui_sidecar.settings import Settings
 
 log = logging.getLogger("comfyui_sidecar")
-
-_LEVELS = {
-    "trace": "DEBUG",
-    "debug": "DEBUG",
-    "info": "INFO",
-    "warn": "WARNING",
-    "warning": "WARNING",
-    "error": "ERROR",
-    "fatal": "CRITICAL",
-}
-
 
 def settings_help() -> str:
     """One entry per setting: ENV_NAME (default) and its description."""
@@ -137,9 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"comfyui-sidecar: wrote {path}")
         return 0
-    logging.basicConfig(
-        level=_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format, "sidecar")
     logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     return asyncio.run(serve(settings))
 

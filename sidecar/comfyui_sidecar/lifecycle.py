@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.logs import job_scope
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.model_paths import write_model_paths
 from comfyui_sidecar.models import PromptRequest
@@ -202,15 +203,15 @@ class Lifecycle:
             await asyncio.wait_for(self.comfy.connected.wait(), timeout=self.settings.comfyui_lost_timeout_s)
 
     async def _run_warmup_once(self) -> bool:
-        try:
-            request = PromptRequest.model_validate(
-                {"prompt": self._warmup_prompt, "id": f"warmup-{uuid.uuid4()}"}
-            )
-            prepared = await self.service.prepare(request, time.monotonic())
-            await self.service.run(prepared)
-        except (PrepareError, ComfyError, ComfyRejected, UploadError, ValueError) as error:
-            log.warning("warmup failed: %s", getattr(error, "message", error))
-            return False
+        request_id = f"warmup-{uuid.uuid4()}"
+        with job_scope(request_id):
+            try:
+                request = PromptRequest.model_validate({"prompt": self._warmup_prompt, "id": request_id})
+                prepared = await self.service.prepare(request, time.monotonic())
+                await self.service.run(prepared)
+            except (PrepareError, ComfyError, ComfyRejected, UploadError, ValueError) as error:
+                log.warning("warmup failed: %s", getattr(error, "message", error))
+                return False
         return True
 
     # ---- supervise mode ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from comfyui_sidecar.job_records import Failure
 from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.jsonbody import Base64List, Base64Str, b64decode_sliced
 from comfyui_sidecar.loaders import loader_table
+from comfyui_sidecar.logs import bind_job
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import PromptRequest
 from comfyui_sidecar.outputs import OutputFile, OutputRef, content_type_for, is_safe_relative, output_refs
@@ -240,6 +241,7 @@ class PromptService:
         """Rewrite, check local inputs, write inline files, fetch URLs. Raises PrepareError (and sends
         prompt.failed to the request's webhook, a fix of upstream; not for a duplicate id, whose webhook
         belongs to the prompt already running)."""
+        bind_job(request.id)
         if request.id in self.running:
             raise PrepareError(f"a prompt with id {request.id} is already running", "id", 409)
         await self._check_targets(request)

@@ -97,6 +97,11 @@ class SidecarSettings(BaseSettings):
     log_level: Literal["trace", "debug", "info", "warn", "warning", "error", "fatal"] = Field(
         "info", description="Log level."
     )
+    log_format: Literal["json", "text"] = Field(
+        "text",
+        description="json: one JSON object per line with the job id of the job being handled (the operator "
+        "sets it in pods); text: lines for a terminal.",
+    )
     system_webhook_url: str | None = Field(
         None, description="http(s) URL that receives ComfyUI events as signed system webhooks."
     )

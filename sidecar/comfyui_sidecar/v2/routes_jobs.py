@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from comfyui_sidecar.cluster.claims import ClaimsUnavailable
 from comfyui_sidecar.job_records import JobRecord
+from comfyui_sidecar.logs import bind_job
 from comfyui_sidecar.openapi import documented
 from comfyui_sidecar.v2 import docs, ids, render, schemas
 from comfyui_sidecar.v2.context import V2, V2_KEY, locate, read_json
@@ -58,6 +59,7 @@ async def submit(request: web.Request) -> web.Response:
         created = round(time.time(), 3)
         nonce = os.urandom(10)
         job_id = ids.mint(v2.key, "job", v2.peers.self_name, round(created * 1000), nonce=nonce)
+        bind_job(job_id)
         graph = isolate_outputs(graph, f"{OUTPUT_FOLDER}/{nonce.hex()}")
         record = v2.store.new_record(
             job_id, "v2", v2.runner.new_comfy_id(), graph, created=created, metadata=labels, assets=used

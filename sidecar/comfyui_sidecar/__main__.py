@@ -22,6 +22,7 @@ from comfyui_sidecar.settings import Settings
 
 log = logging.getLogger("comfyui_sidecar")
 
+
 def settings_help() -> str:
     """One entry per setting: ENV_NAME (default) and its description."""
     lines = ["environment variables:"]

@@ -27,17 +27,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from comfyui_sidecar import auth, jsonbody, request_body
-from comfyui_sidecar.activity import ComfyActivity
 from comfyui_sidecar.cache import ModelCache
 from comfyui_sidecar.cache.manifest import ManifestPreload
 from comfyui_sidecar.cache.routes import download_routes
-from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.comfy_client import IGNORABLE_EVENTS, ComfyError, ComfyRejected
+from comfyui_sidecar.comfy_pool import ComfyPool, build_pool
 from comfyui_sidecar.convert import ImageTooLarge
 from comfyui_sidecar.egress.outbound import Egress
 from comfyui_sidecar.fetching import Fetcher
 from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.lifecycle import Lifecycle, State
-from comfyui_sidecar.loaders import loader_table
+from comfyui_sidecar.local_routes import LOCAL_KEY, LocalContext
+from comfyui_sidecar.local_routes import routes as local_routes
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.models import (
     VERSION,
@@ -63,7 +64,7 @@ from comfyui_sidecar.webhooks import RetryPolicy, WebhookSender
 SETTINGS_KEY = web.AppKey("settings", Settings)
 FETCHER_KEY = web.AppKey("fetcher", Fetcher)
 SERVICE_KEY = web.AppKey("service", PromptService)
-COMFY_KEY = web.AppKey("comfy", ComfyClient)
+COMFY_KEY = web.AppKey("comfy", ComfyPool)
 STATE_KEY = web.AppKey("state", State)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 LIFECYCLE_KEY = web.AppKey("lifecycle", Lifecycle)
@@ -238,7 +239,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 def queue_depth(app: web.Application) -> int:
-    """Accepted unfinished prompts and jobs of this pod (or ComfyUI's own count, when higher)."""
+    """Accepted unfinished prompts and jobs of this pod (or its ComfyUIs' own count, when higher)."""
     return max(app[JOBS_KEY].active_count(), app[COMFY_KEY].queue_remaining)
 
 
@@ -271,10 +272,11 @@ async def ready(request: web.Request) -> web.Response:
     )
 )
 async def comfyui_health(request: web.Request) -> web.Response:
-    """Whether ComfyUI answers now: the pod's startup and liveness probes of the ComfyUI container, which
-    listens on loopback only and can not be probed by the kubelet directly."""
+    """Whether ComfyUI answers now (every local ComfyUI, when there are several): the pod's startup and
+    liveness probes of the ComfyUI container, which listens on loopback only and can not be probed by the
+    kubelet directly."""
     app = request.app
-    up = await app[COMFY_KEY].ping(timeout_s=app[SETTINGS_KEY].comfyui_probe_timeout_s)
+    up = await app[COMFY_KEY].ping_all(app[SETTINGS_KEY].comfyui_probe_timeout_s)
     return json_response({"version": VERSION, "comfyui": "up" if up else "down"}, 200 if up else 503)
 
 
@@ -549,6 +551,7 @@ def create_app(
             web.get("/docs/json", docs_json),
             web.get("/docs/yaml", docs_yaml),
             web.get("/metrics", metrics),
+            *local_routes(),
             *wiring.routes(),
         ]
     )
@@ -582,16 +585,7 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
     app[_SESSIONS] = [comfy_session]
     egress = app[EGRESS_KEY]
     await egress.start()
-    comfy = ComfyClient(
-        settings.comfy_url,
-        comfy_session,
-        heartbeat_s=settings.ws_heartbeat_s,
-        reconnect_max_s=settings.ws_reconnect_max_s,
-        lost_timeout_s=settings.comfyui_lost_timeout_s,
-        history_poll_s=settings.history_poll_interval_s,
-        on_queue_depth=app_metrics.queue_depth_changed,
-        observer=ComfyActivity(app_metrics, loader_table(settings.extra_model_loaders)),
-    )
+    comfy = build_pool(settings, comfy_session, app_metrics)
     app[COMFY_KEY] = comfy
     policy = RetryPolicy(
         attempts=settings.prompt_webhook_retries,
@@ -638,9 +632,9 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
             on_drop=app_metrics.system_webhooks_dropped.inc,
         )
         app[SYSTEM_EVENTS_KEY] = system
-        comfy.on_event = system.on_comfy_event
-        comfy.skipped_prefixes = tuple(
-            f'{{"type": "{name}"' for name in IGNORABLE_EVENTS if name not in events
+        comfy.set_on_event(system.on_comfy_event)
+        comfy.set_skipped_prefixes(
+            tuple(f'{{"type": "{name}"' for name in IGNORABLE_EVENTS if name not in events)
         )
     stop = app[STOP_KEY]
 
@@ -658,9 +652,17 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
         session=comfy_session,
         on_fatal=fatal,
     )
-    comfy._on_connection = lifecycle.on_connection
     app[LIFECYCLE_KEY] = lifecycle
     fetcher = app[FETCHER_KEY]
+    app[LOCAL_KEY] = LocalContext(
+        settings=settings,
+        pool=comfy,
+        state=state,
+        is_ready=lambda: is_ready(app),
+        queue_depth=lambda: queue_depth(app),
+        cached_models=fetcher.cached_models if isinstance(fetcher, ModelCache) else list,
+        drain_pod=lambda: prestop_drain(app),
+    )
     preloads: Preloads | None = fetcher if isinstance(fetcher, Preloads) else None
     if isinstance(fetcher, ModelCache):
         preloads = ManifestPreload.load(fetcher, settings)  # a bad manifest stops the start here

@@ -1,6 +1,6 @@
-"""Bearer-token authentication (API_TOKEN): /api/v2 and the peers' internal routes always, the comfyui-api
-routes too with API_TOKEN_SCOPE=all. /health, /ready, /health/comfyui, /drain, /metrics, /docs and
-/api/v2/health stay open.
+"""Bearer-token authentication (API_TOKEN): /api/v2 and the internal routes (peers, placement) always, the
+comfyui-api routes too with API_TOKEN_SCOPE=all. /health, /ready, /health/comfyui[/{i}], /drain[/{i}],
+/metrics, /docs and /api/v2/health stay open.
 
 The token is compared in constant time; a missing or wrong one gets 401 in the route family's error shape
 (v2: `{"error": {"code": "unauthorized", ...}}`), with no WWW-Authenticate header (as the contract's proxy).
@@ -19,11 +19,13 @@ from comfyui_sidecar.v2.errors import error_response
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/health", "/ready", "/health/comfyui", "/drain", "/metrics", "/api/v2/health"})
 """Probes, the preStop hook and scrapes: the kubelet and Prometheus send no token."""
+OPEN_PREFIXES = ("/health/comfyui/", "/drain/", "/docs/")
+"""The same per local ComfyUI (`/health/comfyui/1`, `/drain/1`), and the docs."""
 V2_PREFIXES = ("/api/v2/", "/internal/")
 
 
 def needs_token(path: str, scope: str) -> bool:
-    if path in OPEN_PATHS or path == "/docs" or path.startswith("/docs/"):
+    if path in OPEN_PATHS or path == "/docs" or path.startswith(OPEN_PREFIXES):
         return False
     return path.startswith(V2_PREFIXES) or scope == "all"
 

@@ -28,10 +28,15 @@ class OutputFile:
     subfolder: str = ""
     folder: str = "output"
     text: str | None = None
+    comfyui: int = 0
+    """The local ComfyUI that wrote it: temp files are in that ComfyUI's own temp directory."""
 
     @property
     def file_key(self) -> tuple[str, str, str] | None:
-        return None if self.text is not None else (self.folder, self.subfolder, self.name)
+        if self.text is not None:
+            return None
+        folder = self.folder if self.folder == "output" else f"{self.folder}:{self.comfyui}"
+        return (folder, self.subfolder, self.name)
 
 
 @dataclass
@@ -137,6 +142,8 @@ class JobRecord:
     """Interrupted by the sidecar for running longer than PROMPT_TIMEOUT_S."""
     in_comfy: bool = False
     """True once ComfyUI accepted the prompt (a cancel must then go through ComfyUI)."""
+    comfyui: int = 0
+    """The local ComfyUI that runs it (several with the operator's per-GPU mode)."""
     watchers: set[Watcher] = field(default_factory=set)
     position: int | None = None
     """The last queue position announced to watchers."""

@@ -277,8 +277,12 @@ class JobStore:
                 self.add_outputs(record, self.describe_outputs(record, str(data.get("node")), output))
             record.notify("progress")
 
+    def running_records(self) -> list[JobRecord]:
+        """Jobs ComfyUI runs now (one per local ComfyUI at most)."""
+        return [r for r in self.records() if r.status in ("running", "canceling")]
+
     def running_record(self) -> JobRecord | None:
-        return next((r for r in self.records() if r.status in ("running", "canceling")), None)
+        return next(iter(self.running_records()), None)
 
     def on_preview(self, prompt_id: str | None, node_id: str | None, content_type: str, data: bytes) -> None:
         """A preview image from ComfyUI: by prompt id when it says (metadata frames), else the running job."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import shlex
@@ -16,7 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.comfy_client import ComfyError, ComfyRejected
+from comfyui_sidecar.comfy_pool import ComfyPool, Member
 from comfyui_sidecar.logs import job_scope
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.model_paths import write_model_paths
@@ -71,13 +73,14 @@ def comfy_command(settings: Settings) -> list[str]:
 
 
 class Lifecycle:
-    """Starts (supervise mode) and watches ComfyUI, keeps the websocket task, runs warmups."""
+    """Starts (supervise mode) and watches the local ComfyUIs, keeps their websocket tasks, runs warmups (on
+    each ComfyUI: each GPU loads the warmup's models)."""
 
     def __init__(
         self,
         *,
         settings: Settings,
-        comfy: ComfyClient,
+        comfy: ComfyPool,
         service: PromptService,
         metrics: Metrics,
         state: State,
@@ -94,9 +97,11 @@ class Lifecycle:
         self.process: asyncio.subprocess.Process | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warmup_prompt: dict[str, Any] | None = None
-        self._warmup_lock = asyncio.Lock()
-        self._ever_connected = False
+        self._warmup_locks = {m.index: asyncio.Lock() for m in comfy.members}
+        self._ever_connected: set[int] = set()
         self._closing = False
+        for member in comfy.members:
+            member.client._on_connection = functools.partial(self.on_connection, member)
         # Set when the fetcher's start-up downloads are done; supervise mode starts ComfyUI after them.
         self.models_present = asyncio.Event()
 
@@ -108,22 +113,31 @@ class Lifecycle:
     async def start(self) -> None:
         self._spawn(self._startup())
 
-    def on_connection(self, up: bool) -> None:
+    def _refresh(self) -> None:
+        """Readiness from the ComfyUIs: some ComfyUI is connected, and some connected one is warm."""
+        members = self.comfy.members
+        self.state.comfy_up = any(m.up for m in members)
+        self.state.warm = self.comfy.serving
+        self.metrics.comfy_connected.set(1 if all(m.up for m in members) else 0)
+
+    def on_connection(self, member: Member, up: bool) -> None:
         """Websocket state changes: readiness follows; a reconnect after a drop re-runs the warmup."""
-        self.state.comfy_up = up
-        self.metrics.comfy_connected.set(1 if up else 0)
-        self.metrics.busy.connected(up)
-        if up and self.state.draining and not self.state.stopping:
+        if not up:
+            member.activity.connection_lost()
+        self.metrics.busy.connected(up, member.index)
+        if up and (member.draining or self.state.draining) and not self.state.stopping:
             # ComfyUI came back after a drain (its preStop hook also runs when the kubelet restarts it after
             # failed probes): the pod is not being removed, so it takes prompts again.
-            log.info("ComfyUI is back after a drain: taking prompts again")
+            log.info("ComfyUI %d is back after a drain: taking prompts again", member.index)
+            member.draining = member.stopped = False
             self.state.draining = False
-        if up and self._ever_connected:
+        if up and member.index in self._ever_connected:
             if self._warmup_prompt is not None:
-                self.state.warm = False
-            self._spawn(self._warmup())
+                member.warm = False
+            self._spawn(self._warmup(member))
         if up:
-            self._ever_connected = True
+            self._ever_connected.add(member.index)
+        self._refresh()
 
     async def _startup(self) -> None:
         try:
@@ -138,22 +152,29 @@ class Lifecycle:
                 self.on_fatal(1)
                 return
             self._spawn(self._watch_process())
-        while not await self._wait_for_comfy():
-            log.error("ComfyUI did not answer after %d checks", self.settings.startup_check_max_tries)
+        await asyncio.gather(*(self._start_member(member) for member in self.comfy.members))
+
+    async def _start_member(self, member: Member) -> None:
+        while not await self._wait_for_comfy(member):
+            log.error(
+                "ComfyUI %d did not answer after %d checks",
+                member.index,
+                self.settings.startup_check_max_tries,
+            )
             if self._closing:
                 return
             if self.settings.sidecar_mode == "supervise":
                 self.on_fatal(1)
                 return
             # attach mode: ComfyUI is another container that may start late; stay not ready and keep checking
-        self._spawn(self.comfy.run())
-        await self._warmup()
+        self._spawn(member.client.run())
+        await self._warmup(member)
 
-    async def _wait_for_comfy(self) -> bool:
+    async def _wait_for_comfy(self, member: Member) -> bool:
         for _ in range(self.settings.startup_check_max_tries):
             if self._closing:
                 return False
-            if await self.comfy.ping():
+            if await member.client.ping():
                 return True
             await asyncio.sleep(self.settings.startup_check_interval_s)
         return False
@@ -180,34 +201,41 @@ class Lifecycle:
             raise ValueError("the warmup prompt must be a JSON object (an API-format prompt)")
         return data
 
-    async def _warmup(self) -> None:
-        """Run the warmup prompt (if any) through the normal pipeline; then mark warm."""
-        async with self._warmup_lock:
+    async def _warmup(self, member: Member) -> None:
+        """Run the warmup prompt (if any) on this ComfyUI through the normal pipeline; then mark it warm."""
+        async with self._warmup_locks[member.index]:
             if self._warmup_prompt is None:
-                await self._wait_connected()
-                self.state.warm = True
+                await self._wait_connected(member)
+                member.warm = True
+                self._refresh()
                 return
             for attempt in range(1, WARMUP_ATTEMPTS + 1):
-                await self._wait_connected()
-                if await self._run_warmup_once():
-                    self.state.warm = True
-                    log.info("warmup finished")
+                await self._wait_connected(member)
+                if await self._run_warmup_once(member.index):
+                    member.warm = True
+                    self._refresh()
+                    log.info("warmup finished on ComfyUI %d", member.index)
                     return
                 if attempt < WARMUP_ATTEMPTS:
                     await asyncio.sleep(WARMUP_BACKOFF_S * attempt)
-            log.error("warmup failed %d times; reporting not healthy", WARMUP_ATTEMPTS)
+            log.error(
+                "warmup failed %d times on ComfyUI %d; reporting not healthy", WARMUP_ATTEMPTS, member.index
+            )
             self.state.healthy = False
 
-    async def _wait_connected(self) -> None:
+    async def _wait_connected(self, member: Member) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.comfy.connected.wait(), timeout=self.settings.comfyui_lost_timeout_s)
+            await asyncio.wait_for(
+                member.client.connected.wait(), timeout=self.settings.comfyui_lost_timeout_s
+            )
 
-    async def _run_warmup_once(self) -> bool:
+    async def _run_warmup_once(self, index: int) -> bool:
         request_id = f"warmup-{uuid.uuid4()}"
         with job_scope(request_id):
             try:
                 request = PromptRequest.model_validate({"prompt": self._warmup_prompt, "id": request_id})
                 prepared = await self.service.prepare(request, time.monotonic())
+                prepared.target = index
                 await self.service.run(prepared)
             except (PrepareError, ComfyError, ComfyRejected, UploadError, ValueError) as error:
                 log.warning("warmup failed: %s", getattr(error, "message", error))
@@ -236,7 +264,8 @@ class Lifecycle:
             code = await self.process.wait()
             if self._closing:
                 return
-            self.state.warm = False
+            self.comfy.members[0].warm = False
+            self._refresh()
             log.warning("ComfyUI exited with code %s", code)
             if not self.settings.always_restart_comfyui:
                 self.on_fatal(1)
@@ -247,7 +276,7 @@ class Lifecycle:
             if not await self._launch():
                 self.on_fatal(1)
                 return
-            if not await self._wait_for_comfy():
+            if not await self._wait_for_comfy(self.comfy.members[0]):
                 failures += 1
                 if failures >= self.settings.startup_check_max_tries:
                     log.error("ComfyUI failed to start %d times in a row; giving up", failures)
@@ -263,7 +292,7 @@ class Lifecycle:
 
     async def stop(self, kill_after_s: float = 10.0) -> None:
         self._closing = True
-        await self.comfy.close()
+        await asyncio.gather(*(m.client.close() for m in self.comfy.members))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

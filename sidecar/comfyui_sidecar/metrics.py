@@ -34,34 +34,37 @@ EXECUTION_RESULTS = ("success", "error", "interrupted")
 class BusyTime(Collector):
     """`comfyui_api_comfy_busy_seconds_total`: wall time during which ComfyUI had work, i.e. the websocket to
     it was open and its last `status` message said `queue_remaining > 0` (a prompt running or waiting). Its
-    rate is the busy fraction of the pod's GPU as ComfyUI uses it (not a hardware utilisation reading)."""
+    rate is the busy fraction of the pod's GPU as ComfyUI uses it (not a hardware utilisation reading). With
+    several local ComfyUIs (`source` = their index) their seconds add up: the rate is the number of busy
+    GPUs."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._done = 0.0
-        self._since: float | None = None
-        self._depth = 0
-        self._connected = False
+        self._since: dict[int, float] = {}
+        self._depth: dict[int, int] = {}
+        self._connected: dict[int, bool] = {}
 
-    def queue_depth(self, depth: int) -> None:
-        self._depth = depth
-        self._update()
+    def queue_depth(self, depth: int, source: int = 0) -> None:
+        self._depth[source] = depth
+        self._update(source)
 
-    def connected(self, up: bool) -> None:
-        self._connected = up
-        self._update()
+    def connected(self, up: bool, source: int = 0) -> None:
+        self._connected[source] = up
+        self._update(source)
 
     def seconds(self) -> float:
-        running = 0.0 if self._since is None else self._clock() - self._since
-        return self._done + running
+        now = self._clock()
+        return self._done + sum(now - since for since in self._since.values())
 
-    def _update(self) -> None:
-        busy = self._connected and self._depth > 0
-        if busy and self._since is None:
-            self._since = self._clock()
-        elif not busy and self._since is not None:
-            self._done += self._clock() - self._since
-            self._since = None
+    def _update(self, source: int) -> None:
+        busy = self._connected.get(source, False) and self._depth.get(source, 0) > 0
+        since = self._since.get(source)
+        if busy and since is None:
+            self._since[source] = self._clock()
+        elif not busy and since is not None:
+            self._done += self._clock() - since
+            del self._since[source]
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
@@ -144,6 +147,7 @@ class Metrics:
         self.build_info.labels(version=VERSION).set(1)
         self.busy = BusyTime()
         self.registry.register(self.busy)
+        self._depths: dict[int, int] = {}
         self.executions = Counter(
             "comfyui_api_comfy_executions",
             "Prompts ComfyUI finished, by result, as its websocket reported them (any API that queued them)",
@@ -169,6 +173,8 @@ class Metrics:
             return "/docs"
         return "other"
 
-    def queue_depth_changed(self, depth: int) -> None:
-        self.queue_depth.set(depth)
-        self.busy.queue_depth(depth)
+    def queue_depth_changed(self, depth: int, source: int = 0) -> None:
+        """ComfyUI `source` (a local index) reported its queue: the gauge shows the sum over all of them."""
+        self._depths[source] = depth
+        self.queue_depth.set(sum(self._depths.values()))
+        self.busy.queue_depth(depth, source)

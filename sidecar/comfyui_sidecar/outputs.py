@@ -28,6 +28,8 @@ class OutputRef:
     filename: str
     subfolder: str
     type: str
+    comfyui: int = 0
+    """The local ComfyUI that wrote it (its temp directory is its own)."""
 
 
 def content_type_for(filename: str) -> str:
@@ -35,8 +37,9 @@ def content_type_for(filename: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def output_refs(outputs: Mapping[str, Any], node_order: Sequence[str]) -> list[OutputRef]:
-    """The files of a ComfyUI `outputs` map, in prompt node order, then item order; only output/temp files."""
+def output_refs(outputs: Mapping[str, Any], node_order: Sequence[str], comfyui: int = 0) -> list[OutputRef]:
+    """The files of a ComfyUI `outputs` map (of local ComfyUI `comfyui`), in prompt node order, then item
+    order; only output/temp files."""
     position = {node_id: index for index, node_id in enumerate(node_order)}
     refs: list[OutputRef] = []
     for node_id in sorted(outputs, key=lambda n: (position.get(n, len(position)), n)):
@@ -52,7 +55,8 @@ def output_refs(outputs: Mapping[str, Any], node_order: Sequence[str]) -> list[O
                 kind = item.get("type", "output")
                 if kind not in OUTPUT_TYPES:
                     continue
-                refs.append(OutputRef(node_id, item["filename"], str(item.get("subfolder") or ""), str(kind)))
+                subfolder = str(item.get("subfolder") or "")
+                refs.append(OutputRef(node_id, item["filename"], subfolder, str(kind), comfyui))
     return refs
 
 

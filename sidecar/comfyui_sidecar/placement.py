@@ -67,24 +67,32 @@ def model_name(folder: str, value: str) -> str:
     return f"{folder}/{url_hash(value)}{path_extension(value)}"
 
 
-def workflow_models(prompt: Mapping[str, Any], loaders: LoaderTable | None = None) -> set[str]:
-    """Every `<folder>/<name>` the prompt's model-loader nodes name (API format: {node id: {class_type,
-    inputs}}). `loaders` defaults to the built-in table; pass `loader_table(EXTRA_MODEL_LOADERS)` for custom
-    loaders. Inputs that are links or not strings are skipped; malformed nodes are ignored."""
+def loader_models(prompt: Mapping[str, Any], loaders: LoaderTable | None = None) -> dict[str, set[str]]:
+    """{node id: `<folder>/<name>` it names} of the prompt's model-loader nodes (API format: {node id:
+    {class_type, inputs}}). `loaders` defaults to the built-in table; pass `loader_table(EXTRA_MODEL_LOADERS)`
+    for custom loaders. Inputs that are links or not strings are skipped; malformed nodes are ignored."""
     table = loaders if loaders is not None else loader_table()
-    found: set[str] = set()
-    for node in prompt.values():
+    found: dict[str, set[str]] = {}
+    for node_id, node in prompt.items():
         if not isinstance(node, Mapping):
             continue
         class_type, inputs = node.get("class_type"), node.get("inputs")
         folders = table.get(class_type) if isinstance(class_type, str) else None
         if not folders or not isinstance(inputs, Mapping):
             continue
-        for input_name, folder in folders.items():
-            value = inputs.get(input_name)
-            if isinstance(value, str) and value:
-                found.add(model_name(folder, value))
+        names = {
+            model_name(folder, value)
+            for input_name, folder in folders.items()
+            if isinstance(value := inputs.get(input_name), str) and value
+        }
+        if names:
+            found[str(node_id)] = names
     return found
+
+
+def workflow_models(prompt: Mapping[str, Any], loaders: LoaderTable | None = None) -> set[str]:
+    """Every `<folder>/<name>` the prompt's model-loader nodes name (see `loader_models`)."""
+    return set().union(*loader_models(prompt, loaders).values())
 
 
 def _without_extension(name: str) -> str | None:

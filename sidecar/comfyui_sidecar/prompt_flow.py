@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected, OutputMissing
+from comfyui_sidecar.comfy_client import ComfyError, ComfyRejected, OutputMissing
+from comfyui_sidecar.comfy_pool import ComfyPool
 from comfyui_sidecar.convert import ImageTooLarge, convert_image
 from comfyui_sidecar.fetching import Credential, Fetcher, FetchError, apply_fetched, describe_failure
 from comfyui_sidecar.job_records import Failure
@@ -75,6 +76,8 @@ class Prepared:
     preprocess_ms: int
     cleanup: contextlib.AsyncExitStack
     comfy_prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    target: int | None = None
+    """The local ComfyUI that must run it (the warmup of each one); None: the pool chooses."""
 
 
 @dataclass
@@ -190,7 +193,7 @@ class PromptService:
     def __init__(
         self,
         settings: Settings,
-        comfy: ComfyClient,
+        comfy: ComfyPool,
         fetcher: Fetcher,
         webhooks: WebhookSender,
         metrics: Metrics,
@@ -411,19 +414,23 @@ class PromptService:
     async def _execute_and_deliver(self, prepared: Prepared) -> Delivered:
         request = prepared.request
         comfy_id = prepared.comfy_prompt_id
-        self.comfy.register(comfy_id)
         self.comfy_ids[request.id] = comfy_id
         self.api_ids[comfy_id] = request.id
         refs: list[OutputRef] = []
         try:
             try:
-                await self.comfy.queue(prepared.prompt, comfy_id, timeout_s=self.settings.prompt_timeout_s)
+                index = await self.comfy.queue(
+                    prepared.prompt,
+                    comfy_id,
+                    timeout_s=self.settings.prompt_timeout_s,
+                    target=prepared.target,
+                )
                 execution = await self.comfy.wait(comfy_id, self.settings.prompt_timeout_s)
             finally:
                 self.comfy.forget(comfy_id)
                 self.comfy_ids.pop(request.id, None)
                 self.api_ids.pop(comfy_id, None)
-            refs = output_refs(execution.outputs, js_key_order(prepared.prompt))
+            refs = output_refs(execution.outputs, js_key_order(prepared.prompt), index)
             try:
                 files = await self.read_outputs(refs)
             except OutputMissing as missing:
@@ -471,7 +478,9 @@ class PromptService:
         return int((time.monotonic() - prepared.started) * 1000)
 
     def _output_path(self, ref: OutputRef) -> Path | None:
-        root = self.settings.output_dir if ref.type == "output" else self.settings.temp_dir
+        temp_dirs = self.settings.comfy_temp_dirs
+        temp = temp_dirs[ref.comfyui] if ref.comfyui < len(temp_dirs) else self.settings.temp_dir
+        root = self.settings.output_dir if ref.type == "output" else temp
         if not is_safe_relative(ref.subfolder) or not is_safe_relative(ref.filename) or "/" in ref.filename:
             return None
         return root / ref.subfolder / ref.filename if ref.subfolder else root / ref.filename
@@ -510,7 +519,7 @@ class PromptService:
                     entry = await self.comfy.history(comfy_id)
                 outputs = entry.get("outputs") if entry is not None else None
                 if isinstance(outputs, Mapping):
-                    refs += output_refs(outputs, [])
+                    refs += output_refs(outputs, [], self.comfy.index_of(comfy_id) or 0)
             except Exception as error:  # ComfyUI not answering: only the known outputs can go
                 log.info("could not list the outputs of failed prompt %s: %s", comfy_id, type(error).__name__)
         with contextlib.suppress(Exception):

@@ -196,6 +196,26 @@ class SidecarSettings(BaseSettings):
         default_factory=dict,
         description='Extra model-loader nodes as JSON: {"ClassType": {"input_name": "model_folder"}}.',
     )
+    comfyui_urls: str = Field(
+        "",
+        description="Several local ComfyUIs (one per GPU), comma-separated base URLs; each prompt goes to "
+        "one of them (attach mode only). Empty: the one COMFYUI_URL.",
+    )
+    comfyui_temp_dirs: str = Field(
+        "",
+        description="With COMFYUI_URLS: each ComfyUI's temp directory, comma-separated in the same order "
+        "(ComfyUI empties its own at start, so they are not shared). Empty: TEMP_DIR for all.",
+    )
+    dispatch_queue_slack: int = Field(
+        2,
+        ge=0,
+        description="With several ComfyUIs: a ComfyUI that holds a prompt's models gets it while its queue "
+        "is at most this much longer than the shortest; beyond, the shortest queue wins.",
+    )
+    loaded_models_max: int = Field(
+        16, ge=1, description="Most model names kept per ComfyUI as loaded (an inference, docs/sidecar.md)."
+    )
+    pod_name: str | None = Field(None, description="The pod's name (downward API), for /internal/placement.")
 
     @field_validator("system_webhook_url")
     @classmethod
@@ -236,6 +256,28 @@ class SidecarSettings(BaseSettings):
             self.sidecar_mode = "supervise"
         return self
 
+    @model_validator(mode="after")
+    def _local_comfyuis(self) -> SidecarSettings:
+        urls, temps = _split(self.comfyui_urls), _split(self.comfyui_temp_dirs)
+        if temps and len(temps) != len(urls):
+            raise ValueError(f"COMFYUI_TEMP_DIRS has {len(temps)} entries, COMFYUI_URLS {len(urls)}")
+        if len(urls) > 1 and self.sidecar_mode == "supervise":
+            raise ValueError("COMFYUI_URLS with several ComfyUIs needs SIDECAR_MODE=attach")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"COMFYUI_URLS entry {url!r} must be an http:// or https:// URL")
+        return self
+
+    @property
+    def comfy_urls(self) -> list[str]:
+        """The local ComfyUIs' base URLs (one unless COMFYUI_URLS lists several)."""
+        return [url.rstrip("/") for url in _split(self.comfyui_urls)] or [self.comfy_url]
+
+    @property
+    def comfy_temp_dirs(self) -> list[Path]:
+        """Each local ComfyUI's temp directory, in the order of `comfy_urls`."""
+        return [Path(p) for p in _split(self.comfyui_temp_dirs)] or [self.temp_dir] * len(self.comfy_urls)
+
     @property
     def comfy_url(self) -> str:
         """Base URL of ComfyUI without a trailing slash."""
@@ -253,6 +295,10 @@ class SidecarSettings(BaseSettings):
     def webhook_key(self) -> str:
         """The webhook secret's text ('' when unset); only for the signer."""
         return self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class Settings(SidecarSettings, CacheSettings, ApiSettings):

@@ -80,10 +80,17 @@ async def run_standin(
     preview_method: str = "none",
     model_load_delay: float = 0.0,
     cache_lru: int = 0,
+    input_directory: Path | None = None,
+    output_directory: Path | None = None,
+    temp_directory: Path | None = None,
 ) -> AsyncIterator[RunningStandin]:
-    """Run the stand-in inside this event loop on 127.0.0.1 (a free port unless `port` is given)."""
+    """Run the stand-in inside this event loop on 127.0.0.1 (a free port unless `port` is given). The
+    directory overrides are ComfyUI's flags (temp files go to `<temp_directory>/temp`)."""
     config = StandinConfig(
         base_directory=_absolute(base_dir),
+        input_directory=input_directory,
+        output_directory=output_directory,
+        temp_directory=temp_directory,
         listen=HOST,
         port=port,
         exec_delay=exec_delay,

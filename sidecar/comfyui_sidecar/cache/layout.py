@@ -202,6 +202,16 @@ class CacheLayout:
             )
         return sorted(names)
 
+    def model_links(self) -> list[str]:
+        """`<folder>/<name>` of every link in the model tree: the downloaded models as ComfyUI sees them."""
+        names = {
+            f"{link.parent.name}/{link.name}"
+            for links in self.links.values()
+            for link in links
+            if link.parent.parent == self.models_root
+        }
+        return sorted(names)
+
     def link_item(self, entry: Entry, item: Fetch) -> str:
         """Link a pinned entry where the prompt input expects it; the value the prompt carries instead."""
         try:

@@ -218,6 +218,10 @@ class ModelCache:
     def is_model_folder(self, folder: str) -> bool:
         return self.layout.is_model_folder(folder)
 
+    def cached_models(self) -> list[str]:
+        """`<folder>/<name>` of the models in the cache's model tree (GET /internal/placement)."""
+        return self.layout.model_links()
+
     def model_folders(self) -> list[str]:
         return self.layout.model_folders()
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from comfyui_sidecar.cluster.client import PeerClient, PeerUnreachable
 from comfyui_sidecar.cluster.peers import Peers
-from comfyui_sidecar.comfy_client import ComfyClient, ComfyError, ComfyRejected
+from comfyui_sidecar.comfy_client import ComfyError, ComfyRejected
+from comfyui_sidecar.comfy_pool import ComfyPool
 from comfyui_sidecar.job_records import Failure, JobRecord, OutputFile
 from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.outputs import OUTPUT_TYPES, content_type_for, is_safe_relative
@@ -46,14 +47,14 @@ class JobRunner:
     def __init__(
         self,
         *,
-        comfy: ComfyClient,
+        comfy: ComfyPool,
         store: JobStore,
         assets: AssetStore,
         peers: Peers,
         client: PeerClient,
         key: bytes,
         output_dir: Path,
-        temp_dir: Path,
+        temp_dirs: Sequence[Path],
         prompt_timeout_s: float,
         output_max_bytes: int = 0,
     ) -> None:
@@ -64,7 +65,8 @@ class JobRunner:
         self.client = client
         self.key = key
         self.output_dir = output_dir
-        self.temp_dir = temp_dir
+        self.temp_dirs = list(temp_dirs)
+        """Each local ComfyUI's temp directory (`OutputFile.comfyui` picks one)."""
         self.prompt_timeout_s = prompt_timeout_s
         self.output_max_bytes = output_max_bytes
         self._tasks: set[asyncio.Task[None]] = set()
@@ -175,8 +177,14 @@ class JobRunner:
         return writer.hex, name or f"{parsed.kind}.bin"
 
     # ---- outputs ------------------------------------------------------------------------------------------
+    def root(self, item: OutputFile) -> Path:
+        """The directory of an output file: the shared output directory, or its ComfyUI's temp directory."""
+        if item.folder == "output":
+            return self.output_dir
+        return self.temp_dirs[item.comfyui] if item.comfyui < len(self.temp_dirs) else self.temp_dirs[0]
+
     def file_path(self, item: OutputFile) -> Path | None:
-        root = self.output_dir if item.folder == "output" else self.temp_dir
+        root = self.root(item)
         if not is_safe_relative(item.subfolder) or not is_safe_relative(item.name) or "/" in item.name:
             return None
         return root / item.subfolder / item.name if item.subfolder else root / item.name
@@ -211,6 +219,7 @@ class JobRunner:
                     now,
                     subfolder=str(value.get("subfolder") or ""),
                     folder=folder,
+                    comfyui=record.comfyui,
                 )
                 item.kind = output_kind(key, item.content_type)
                 path = self.file_path(item)
@@ -226,7 +235,7 @@ class JobRunner:
             if path is None:
                 continue
             path.unlink(missing_ok=True)
-            root = self.output_dir if item.folder == "output" else self.temp_dir
+            root = self.root(item)
             parent = path.parent
             while parent != root and parent.is_relative_to(root):
                 try:
@@ -259,9 +268,11 @@ class JobRunner:
         upstream_error when ComfyUI does not answer (the caller then drops the job). `extra_data` (the
         partner-node key) goes to ComfyUI only; it is not kept."""
         comfy_id = record.comfy_id
-        self.comfy.register(comfy_id)
+        record.comfyui = self.comfy.choose(graph)  # before queueing: its outputs may be reported at once
         try:
-            await self.comfy.queue(graph, comfy_id, timeout_s=QUEUE_TIMEOUT_S, extra_data=extra_data)
+            await self.comfy.queue(
+                graph, comfy_id, timeout_s=QUEUE_TIMEOUT_S, extra_data=extra_data, target=record.comfyui
+            )
         except ComfyRejected as error:
             self.comfy.forget(comfy_id)
             raise V2Error(
@@ -299,16 +310,16 @@ class JobRunner:
         self._enforce_output_budget(record)
 
     async def enforce_timeouts(self, interval_s: float = 1.0) -> None:
-        """Interrupt a v2 job that has been running longer than PROMPT_TIMEOUT_S (a background task)."""
+        """Interrupt v2 jobs that have been running longer than PROMPT_TIMEOUT_S (a background task)."""
         while True:
             await asyncio.sleep(interval_s)
-            record = self.store.running_record()
-            if record is None or record.origin != "v2" or record.timed_out or record.started is None:
-                continue
-            if time.time() - record.started > self.prompt_timeout_s:
-                record.timed_out = True
-                with contextlib.suppress(Exception):
-                    await self.comfy.cancel(record.comfy_id)
+            for record in self.store.running_records():
+                if record.origin != "v2" or record.timed_out or record.started is None:
+                    continue
+                if time.time() - record.started > self.prompt_timeout_s:
+                    record.timed_out = True
+                    with contextlib.suppress(Exception):
+                        await self.comfy.cancel(record.comfy_id)
 
     def _failure(self, record: JobRecord, error: ComfyError) -> tuple[Any, Failure | None]:
         if record.timed_out:

@@ -16,7 +16,7 @@ from comfyui_sidecar.cluster.claims import ROUTE as CLAIMS_ROUTE
 from comfyui_sidecar.cluster.claims import Claims
 from comfyui_sidecar.cluster.client import PeerClient
 from comfyui_sidecar.cluster.peers import Peers
-from comfyui_sidecar.comfy_client import ComfyClient
+from comfyui_sidecar.comfy_pool import ComfyPool
 from comfyui_sidecar.jobs import JobStore
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.openapi import documented
@@ -80,7 +80,7 @@ async def start(
     app: web.Application,
     *,
     settings: Settings,
-    comfy: ComfyClient,
+    comfy: ComfyPool,
     store: JobStore,
     metrics: Metrics,
     queue_full: Callable[[], bool],
@@ -122,7 +122,7 @@ async def start(
         client=client,
         key=settings.tag_key(),
         output_dir=settings.output_dir,
-        temp_dir=settings.temp_dir,
+        temp_dirs=settings.comfy_temp_dirs,
         prompt_timeout_s=settings.prompt_timeout_s,
         output_max_bytes=settings.output_max_bytes,
     )
@@ -131,7 +131,7 @@ async def start(
     def preview(frame: PreviewFrame) -> None:
         store.on_preview(frame.prompt_id, frame.node_id, frame.content_type, frame.data)
 
-    comfy.on_preview = preview
+    comfy.set_on_preview(preview)
     v2 = V2(
         settings=settings,
         store=store,

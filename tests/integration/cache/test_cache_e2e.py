@@ -25,6 +25,7 @@ from cache_fileserver import (  # noqa: F401 (fixtures)
     upscale_prompt,
 )
 from comfyui_sidecar.cache.naming import url_hash
+from comfyui_sidecar.placement import Placement, held_models, workflow_models
 from comfyui_standin.models import safetensors_bytes
 from PIL import Image
 from sidecar_harness import RunningSidecar
@@ -52,6 +53,12 @@ async def test_standin_loads_the_downloaded_model_by_its_rewritten_name(
     assert body["prompt"]["2"]["inputs"]["model_name"] == url_hash(model_url) + ".safetensors"
     out = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
     assert out.size == (12, 12)  # the x3 model from the cache was really used
+    # the placement state names the model as workflow_models names the URL (what the router compares)
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.url}/internal/placement") as resp:
+        state = Placement.model_validate(await resp.json())
+    wanted = workflow_models(upscale_prompt(image_url, model_url))
+    assert held_models(wanted, state.cached_models) == wanted
+    assert held_models(wanted, state.comfyuis[0].loaded_models) == wanted
 
 
 async def test_a_missing_model_url_names_the_node_like_comfyui_api(
@@ -117,6 +124,9 @@ async def test_download_route_wait_and_background(stack: RunningSidecar, file_se
                 break
             await asyncio.sleep(0.02)
         assert target.exists()
+        async with http.get(f"{stack.url}/internal/placement") as resp:
+            cached = (await resp.json())["cached_models"]
+        assert cached == ["checkpoints/bg.safetensors", "loras/my-lora.safetensors"]
 
 
 @pytest.mark.parametrize(

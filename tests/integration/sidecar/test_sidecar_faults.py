@@ -98,7 +98,7 @@ async def test_completion_missed_while_disconnected_is_found_in_history(tmp_path
                 response = await asyncio.wait_for(task, 15)
                 assert response.status == 200
                 assert len((await response.json())["images"]) == 1
-                assert sc.app[COMFY_KEY].connected.is_set()
+                assert sc.app[COMFY_KEY].members[0].up
         finally:
             await proxy.close()
 

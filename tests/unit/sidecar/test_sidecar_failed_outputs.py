@@ -24,11 +24,13 @@ class FakeComfy:
         self.history_result = history
         self.history_calls = 0
 
-    def register(self, prompt_id: str) -> None: ...
-
     def forget(self, prompt_id: str) -> None: ...
 
-    async def queue(self, prompt: Any, prompt_id: str, timeout_s: float) -> None: ...
+    async def queue(self, prompt: Any, prompt_id: str, timeout_s: float, target: int | None) -> int:
+        return 0
+
+    def index_of(self, prompt_id: str) -> int | None:
+        return 0
 
     async def wait(self, prompt_id: str, timeout_s: float) -> Execution:
         if isinstance(self.wait_result, ComfyError):

@@ -188,8 +188,23 @@ class ResourceRequirements(ApiModel):
     )
 
 
+GPUMode = Literal["OneComfyUI", "ComfyUIPerGPU"]
+
+
 class GPU(ApiModel):
-    """GPUs for the ComfyUI container: added to both requests and limits."""
+    """GPUs per pod: added to the requests and limits of the ComfyUI container (OneComfyUI), or one to each of
+    `count` ComfyUI containers (ComfyUIPerGPU)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.mode) || self.mode != 'ComfyUIPerGPU' || !has(self.count) || self.count >= 1",
+                    "gpu.mode ComfyUIPerGPU runs one ComfyUI per GPU: gpu.count must be at least 1",
+                )
+            ]
+        }
+    )
 
     count: int = Field(
         default=1, ge=0, le=16, description="Number of GPUs per pod; 0 runs ComfyUI without a GPU."
@@ -200,6 +215,24 @@ class GPU(ApiModel):
         pattern=EXTENDED_RESOURCE_NAME,
         description="GPU extended resource name, e.g. nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915.",
     )
+    mode: GPUMode = Field(
+        default="OneComfyUI",
+        description="OneComfyUI: one ComfyUI container gets all `count` GPUs (ComfyUI itself uses one; the "
+        "status says so when count > 1). ComfyUIPerGPU: `count` ComfyUI containers, one GPU each (the device "
+        "plugin gives each its own), on ports 8188, 8189, ...; the sidecar sends each prompt to the one that "
+        "holds its models, else the shortest queue. comfyui.resources apply to each container.",
+    )
+
+    @model_validator(mode="after")
+    def _per_gpu_needs_gpus(self) -> GPU:
+        if self.mode == "ComfyUIPerGPU" and self.count < 1:
+            raise ValueError("gpu.mode ComfyUIPerGPU runs one ComfyUI per GPU: gpu.count must be at least 1")
+        return self
+
+    @property
+    def comfyui_count(self) -> int:
+        """ComfyUI containers per pod."""
+        return self.count if self.mode == "ComfyUIPerGPU" else 1
 
 
 class EnvVar(ApiModel):

@@ -7,6 +7,8 @@ Every function here is deterministic and does no I/O. The pod layout (see docs/o
     comfyui  main container: 127.0.0.1:8188, read-only root, models (ro), cache (ro), input, output, tmp,
              config (ro). Probed through the sidecar (GET /health/comfyui); its preStop hook is the sidecar's
              GET /drain, so running prompts finish before ComfyUI gets SIGTERM.
+    comfyui-<i>  with gpu.mode ComfyUIPerGPU, instead: one per GPU, 127.0.0.1:8188+i, one GPU each, its own
+             temp and user directories; probed through GET /health/comfyui/<i>, preStop GET /drain/<i>.
 """
 
 from __future__ import annotations
@@ -197,14 +199,31 @@ def warmup_file(spec: api.ComfyUIInstanceSpec) -> str | None:
     return f"{CONFIG_DIR}/{WARMUP_KEY}"
 
 
-def comfyui_args(spec: api.ComfyUIInstanceSpec) -> list[str]:
-    """User arguments first, then the operator's (ComfyUI's argparse keeps the last value of a flag)."""
+def per_gpu(spec: api.ComfyUIInstanceSpec) -> bool:
+    """One ComfyUI container per GPU (gpu.mode ComfyUIPerGPU)."""
+    return spec.comfyui.gpu.mode == "ComfyUIPerGPU"
+
+
+def is_comfyui_container(name: str) -> bool:
+    """`comfyui`, or `comfyui-<i>` in the per-GPU mode (status.py reads their restarts)."""
+    return name == COMFYUI_CONTAINER or name.removeprefix(f"{COMFYUI_CONTAINER}-").isdigit()
+
+
+def comfyui_tmp(index: int | None) -> str:
+    """The directory ComfyUI gets as --temp-directory (it writes to `<it>/temp`) and holds its user dir."""
+    return TMP_DIR if index is None else f"{TMP_DIR}/comfyui-{index}"
+
+
+def comfyui_args(spec: api.ComfyUIInstanceSpec, index: int | None = None) -> list[str]:
+    """User arguments first, then the operator's (ComfyUI's argparse keeps the last value of a flag).
+    `index`: the per-GPU ComfyUI (its own port, temp and user directories), None for the one ComfyUI."""
+    tmp = comfyui_tmp(index)
     return [
         *(spec.comfyui.args or []),
         "--listen",
         "127.0.0.1",
         "--port",
-        str(COMFYUI_PORT),
+        str(COMFYUI_PORT + (index or 0)),
         "--extra-model-paths-config",
         MODEL_PATHS_FILE,
         "--input-directory",
@@ -212,9 +231,9 @@ def comfyui_args(spec: api.ComfyUIInstanceSpec) -> list[str]:
         "--output-directory",
         OUTPUT_DIR,
         "--temp-directory",
-        TMP_DIR,
+        tmp,
         "--user-directory",
-        f"{TMP_DIR}/user",
+        f"{tmp}/user",
     ]
 
 
@@ -235,8 +254,22 @@ def _shared_mounts(spec: api.ComfyUIInstanceSpec, cache_read_only: bool) -> list
     return mounts
 
 
-def build_comfyui_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSettings) -> dict[str, Any]:
+def build_comfyui_containers(
+    spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """The one ComfyUI container, or one per GPU (each requesting one GPU, so the device plugin gives each
+    its own device)."""
+    if not per_gpu(spec):
+        return [build_comfyui_container(spec, settings)]
+    return [build_comfyui_container(spec, settings, index) for index in range(spec.comfyui.gpu.count)]
+
+
+def build_comfyui_container(
+    spec: api.ComfyUIInstanceSpec, settings: OperatorSettings, index: int | None = None
+) -> dict[str, Any]:
     comfy = spec.comfyui
+    suffix = "" if index is None else f"/{index}"
+    gpu = comfy.gpu if index is None else comfy.gpu.model_copy(update={"count": 1})
     mounts = _shared_mounts(spec, cache_read_only=True)
     if spec.custom_nodes is not None:
         custom: dict[str, Any] = {
@@ -257,33 +290,33 @@ def build_comfyui_container(spec: api.ComfyUIInstanceSpec, settings: OperatorSet
             mount["subPath"] = extra.sub_path
         mounts.append(mount)
     container: dict[str, Any] = {
-        "name": COMFYUI_CONTAINER,
+        "name": COMFYUI_CONTAINER if index is None else f"{COMFYUI_CONTAINER}-{index}",
         "image": comfy.image or settings.comfyui_image,
         "imagePullPolicy": comfy.image_pull_policy,
         "command": list(comfy.command or settings.comfyui_command),
-        "args": comfyui_args(spec),
+        "args": comfyui_args(spec, index),
         "workingDir": comfy.working_dir or settings.comfyui_workdir,
         "env": [{"name": "HOME", "value": TMP_DIR}, *_env(comfy.env)],
-        "resources": _resources(comfy.resources, comfy.gpu),
+        "resources": _resources(comfy.resources, gpu),
         "volumeMounts": mounts,
         "securityContext": _container_security(comfy.read_only_root_filesystem),
         # ComfyUI listens on loopback only: the kubelet probes it through the sidecar, which is up before
         # ComfyUI starts (native sidecar with a startup probe).
         "startupProbe": _probe(
-            "/health/comfyui",
+            f"/health/comfyui{suffix}",
             COMFYUI_STARTUP_PERIOD,
             -(-spec.sidecar.startup_timeout_seconds // COMFYUI_STARTUP_PERIOD),
             port=SIDECAR_PORT,
             kill_grace=COMFYUI_PROBE_KILL_GRACE_SECONDS,
         ),
         "livenessProbe": _probe(
-            "/health/comfyui",
+            f"/health/comfyui{suffix}",
             COMFYUI_LIVENESS_PERIOD,
             COMFYUI_LIVENESS_FAILURES,
             port=SIDECAR_PORT,
             kill_grace=COMFYUI_PROBE_KILL_GRACE_SECONDS,
         ),
-        "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": SIDECAR_PORT}}},
+        "lifecycle": {"preStop": {"httpGet": {"path": f"/drain{suffix}", "port": SIDECAR_PORT}}},
     }
     return container
 
@@ -356,8 +389,15 @@ def sidecar_env(
         {"name": "SHUTDOWN_GRACE_PERIOD_S", "value": str(drain_wait_seconds(spec))},
         {"name": "DRAIN_DELAY_S", "value": str(DRAIN_DELAY_SECONDS)},
         {"name": "LOG_LEVEL", "value": spec.sidecar.log_level},
+        {"name": "LOG_FORMAT", "value": "json"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HOME", "value": TMP_DIR},
     ]
+    if per_gpu(spec):
+        indexes = range(spec.comfyui.gpu.count)
+        urls = ",".join(f"http://127.0.0.1:{COMFYUI_PORT + i}" for i in indexes)
+        temps = ",".join(f"{comfyui_tmp(i)}/temp" for i in indexes)
+        env += [{"name": "COMFYUI_URLS", "value": urls}, {"name": "COMFYUI_TEMP_DIRS", "value": temps}]
     warmup = warmup_file(spec)
     if warmup is not None:
         env.append({"name": "WARMUP_PROMPT_FILE", "value": warmup})
@@ -429,7 +469,7 @@ def build_volumes(instance: InstanceRef, spec: api.ComfyUIInstanceSpec) -> list[
         {"name": "cache", **_empty_dir(spec.cache.size_limit, spec.cache.medium)},
         {"name": "input", **_empty_dir(spec.input.size_limit, spec.input.medium)},
         {"name": "output", **_empty_dir(spec.output.size_limit, spec.output.medium)},
-        {"name": "tmp", **_empty_dir("2Gi", "")},
+        {"name": "tmp", **_empty_dir(f"{2 * spec.comfyui.gpu.comfyui_count}Gi", "")},
         {"name": "config", "configMap": {"name": config_map_name(instance)}},
     ]
     if spec.warmup is not None and spec.warmup.config_map_ref is not None:
@@ -505,7 +545,7 @@ def build_pod_spec(
         # The sidecar is a native sidecar (restartable init container): it listens before ComfyUI starts (so
         # ComfyUI can be probed through it) and is stopped only after ComfyUI, whose preStop hook drains it.
         "initContainers": [build_sidecar_container(instance, spec, settings)],
-        "containers": [build_comfyui_container(spec, settings)],
+        "containers": build_comfyui_containers(spec, settings),
         "volumes": build_volumes(instance, spec),
     }
     optional: dict[str, Any] = {

@@ -319,6 +319,7 @@ class Reconciler:
             endpoint=builders.endpoint(instance, spec, self.settings) if spec is not None else None,
             extra_conditions=extra,
             waiting=waiting,
+            notes=status.spec_notes(spec) if spec is not None else (),
         )
         previous = dict(body.get("status") or {})
         new = status.derive_status(observed, previous, self.clock(), _images(deployment))

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfyui_operator.builders import COMFYUI_CONTAINER
+from comfyui_operator.api import ComfyUIInstanceSpec
+from comfyui_operator.builders import is_comfyui_container
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -88,6 +89,20 @@ class Observed:
     # spec.models.libraryRef (library_link): the ModelsReady condition, and why no pods are started yet
     extra_conditions: Sequence[Mapping[str, Any]] = ()
     waiting: Problem | None = None
+    notes: Sequence[str] = ()
+    """Facts about the spec worth knowing, added to the Ready condition's message (`spec_notes`)."""
+
+
+def spec_notes(spec: ComfyUIInstanceSpec) -> list[str]:
+    """Notes on a spec that works but may not do what its author expects."""
+    gpu = spec.comfyui.gpu
+    if gpu.count > 1 and gpu.mode == "OneComfyUI":
+        return [
+            f"only one GPU is used: spec.comfyui.gpu.count is {gpu.count}, but one ComfyUI uses one GPU "
+            f"(the other {gpu.count - 1} per pod idle unless custom nodes use them); set "
+            "spec.comfyui.gpu.mode: ComfyUIPerGPU to run one ComfyUI per GPU"
+        ]
+    return []
 
 
 def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
@@ -113,7 +128,7 @@ _KILLED_EXIT_CODES = {0, 137, 143}
 def _stopped_for_not_answering(status: Mapping[str, Any]) -> bool:
     last = _get(status, "lastState", "terminated") or {}
     return (
-        status.get("name") == COMFYUI_CONTAINER
+        is_comfyui_container(str(status.get("name")))
         and not status.get("ready", False)
         and int(status.get("restartCount", 0)) > 0
         and last.get("reason") != "OOMKilled"
@@ -270,6 +285,9 @@ def desired_conditions(observed: Observed) -> list[dict[str, Any]]:
         )
     else:
         ready_condition = _condition(READY, False, REPLICAS_NOT_READY, f"{ready}/{desired} replicas ready")
+    if observed.notes:
+        note = "; ".join(observed.notes)
+        ready_condition["message"] = _truncate(f"{note}. {ready_condition['message']}")
 
     if rolled_out or (desired == 0 and total == 0):
         progressing = _condition(PROGRESSING, False, ROLLOUT_COMPLETE, "the Deployment matches the spec")

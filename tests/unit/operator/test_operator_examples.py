@@ -105,7 +105,9 @@ def test_reserved_pod_label_is_reported_by_the_operator() -> None:
         api.parse_spec(doc["spec"])
 
 
-@pytest.mark.parametrize("name", ["instance.yaml", "multi-instance.yaml", "standin-instance.yaml"])
+@pytest.mark.parametrize(
+    "name", ["instance.yaml", "multi-instance.yaml", "standin-instance.yaml", "multi-gpu-instance.yaml"]
+)
 def test_valid_examples_parse(name: str) -> None:
     docs = load_docs(EXAMPLES / name)
     assert docs

@@ -93,7 +93,7 @@ async def serve(settings: Settings) -> int:
         settings.host,
         settings.port,
         settings.sidecar_mode,
-        settings.comfy_url,
+        ", ".join(settings.comfy_urls),
     )
     stop = app[STOP_KEY]
     loop = asyncio.get_running_loop()

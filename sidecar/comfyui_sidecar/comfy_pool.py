@@ -142,7 +142,9 @@ class ComfyPool:
         while len(self._routes) > ROUTES_KEPT:
             self._routes.popitem(last=False)
         if len(self.members) > 1:
-            log.info("prompt %s goes to ComfyUI %d (queue %d)", prompt_id, index, len(member.queued) - 1)
+            ahead = len(member.queued) - 1
+            message = "prompt goes to ComfyUI %d (%d ahead of it; ComfyUI prompt id %s)"
+            log.info(message, index, ahead, prompt_id)
         await member.client.queue(prompt, prompt_id, timeout_s=timeout_s, extra_data=extra_data)
         return index
 

@@ -143,30 +143,22 @@ async def test_prompts_go_where_their_model_is_loaded(tmp_path: Path, http: aioh
         assert 'comfyui_api_model_loads_total{loader="UpscaleModelLoader"} 2.0' in text
 
 
-async def test_a_busy_comfyui_with_the_model_loses_to_an_idle_one_beyond_the_slack(
-    tmp_path: Path, http: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    ("slack", "on_first", "on_second"),
+    [(0, {"a1", "a2"}, {"a3"}), (2, {"a1", "a2", "a3"}, set())],
+    ids=["beyond-the-slack-the-idle-one-wins", "within-the-slack-the-model-wins"],
+)
+async def test_a_busy_comfyui_holding_the_model_against_an_idle_one(
+    tmp_path: Path, http: aiohttp.ClientSession, slack: int, on_first: set[str], on_second: set[str]
 ) -> None:
-    async with pod(tmp_path, dispatch_queue_slack=0) as p:
+    async with pod(tmp_path, dispatch_queue_slack=slack) as p:
         await post(http, p, "a1", upscale(MODELS[0], "x"))
         slow = asyncio.create_task(post(http, p, "a2", upscale(MODELS[0], "x", seconds=1.5)))
         await wait_until(lambda: pool(p).members[0].queued, timeout_s=5)
-        await post(http, p, "a3", upscale(MODELS[0], "x"))  # ComfyUI 0 is busy: the shortest queue wins
+        await post(http, p, "a3", upscale(MODELS[0], "x"))  # ComfyUI 0 holds the model and is busy
         await slow
-        assert await ran_on(http, p.comfyuis[0]) == {"a1", "a2"}
-        assert await ran_on(http, p.comfyuis[1]) == {"a3"}
-
-
-async def test_within_the_slack_the_model_wins_over_an_idle_comfyui(
-    tmp_path: Path, http: aiohttp.ClientSession
-) -> None:
-    async with pod(tmp_path, dispatch_queue_slack=2) as p:
-        await post(http, p, "a1", upscale(MODELS[0], "x"))
-        slow = asyncio.create_task(post(http, p, "a2", upscale(MODELS[0], "x", seconds=1.0)))
-        await wait_until(lambda: pool(p).members[0].queued, timeout_s=5)
-        await post(http, p, "a3", upscale(MODELS[0], "x"))
-        await slow
-        assert await ran_on(http, p.comfyuis[0]) == {"a1", "a2", "a3"}
-        assert await ran_on(http, p.comfyuis[1]) == set()
+        assert await ran_on(http, p.comfyuis[0]) == on_first
+        assert await ran_on(http, p.comfyuis[1]) == on_second
 
 
 async def test_a_dead_comfyui_is_skipped(tmp_path: Path, http: aiohttp.ClientSession) -> None:

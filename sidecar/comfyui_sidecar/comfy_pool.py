@@ -80,6 +80,9 @@ class Member:
     """Its container is being stopped (GET /drain/{index}): other ComfyUIs first."""
     stopped: bool = False
     """Its drain finished: ComfyUI is about to stop; only when no other is left."""
+    warmup_failed: bool = False
+    """The warmup failed on it every time (with several ComfyUIs): its probe fails, so the kubelet restarts
+    that container; the others keep serving."""
     queued: dict[str, frozenset[str]] = field(default_factory=dict)
     """Prompts dispatched here and not finished, in order, with their models."""
 

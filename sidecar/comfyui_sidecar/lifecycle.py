@@ -124,6 +124,8 @@ class Lifecycle:
         """Websocket state changes: readiness follows; a reconnect after a drop re-runs the warmup."""
         if not up:
             member.activity.connection_lost()
+        else:
+            member.warmup_failed = False
         self.metrics.busy.connected(up, member.index)
         if up and (member.draining or self.state.draining) and not self.state.stopping:
             # ComfyUI came back after a drain (its preStop hook also runs when the kubelet restarts it after
@@ -218,9 +220,13 @@ class Lifecycle:
                     return
                 if attempt < WARMUP_ATTEMPTS:
                     await asyncio.sleep(WARMUP_BACKOFF_S * attempt)
-            log.error(
-                "warmup failed %d times on ComfyUI %d; reporting not healthy", WARMUP_ATTEMPTS, member.index
-            )
+            if len(self.comfy.members) > 1:
+                # one GPU's ComfyUI: its own probe fails (GET /health/comfyui/{i}), the kubelet restarts it
+                failed = "warmup failed %d times on ComfyUI %d; its probe fails"
+                log.error(failed, WARMUP_ATTEMPTS, member.index)
+                member.warmup_failed = True
+                return
+            log.error("warmup failed %d times; reporting not healthy", WARMUP_ATTEMPTS)
             self.state.healthy = False
 
     async def _wait_connected(self, member: Member) -> None:

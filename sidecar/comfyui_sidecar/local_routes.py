@@ -76,7 +76,7 @@ def _member(request: web.Request) -> Member | web.Response:
 
 @documented(
     Operation(
-        "Whether local ComfyUI {index} answers now (the probes of its container, per-GPU mode)",
+        "Whether local ComfyUI {index} answers now and its warmup has not failed (its container's probes)",
         {
             200: (COMFYUI_STATE, "it answers"),
             404: ({"type": "object"}, "no such ComfyUI"),
@@ -88,7 +88,8 @@ async def comfyui_health(request: web.Request) -> web.Response:
     member = _member(request)
     if isinstance(member, web.Response):
         return member
-    up = await member.client.ping(timeout_s=request.app[LOCAL_KEY].settings.comfyui_probe_timeout_s)
+    timeout_s = request.app[LOCAL_KEY].settings.comfyui_probe_timeout_s
+    up = not member.warmup_failed and await member.client.ping(timeout_s=timeout_s)
     return web.json_response(
         {"version": VERSION, "comfyui": "up" if up else "down"}, status=200 if up else 503
     )

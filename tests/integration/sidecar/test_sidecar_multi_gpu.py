@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -256,3 +257,46 @@ async def test_placement_is_protected_by_the_api_token_and_logs_carry_the_job_id
             await post(http, p, "job7", upscale(MODELS[0], "x"))
     dispatched = [r for r in caplog.records if "goes to ComfyUI" in r.getMessage()]
     assert [getattr(r, "job_id", None) for r in dispatched] == ["job7"]
+
+
+async def test_a_warmup_failing_on_one_comfyui_fails_only_its_probe(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """ComfyUI 1 sees other model directories (a broken GPU node's view, say): the warmup's model is missing
+    there. Its probe fails, so the kubelet restarts that container; the pod stays healthy and serves."""
+    base = tmp_path / "pod"
+    write_model(base / "models" / "upscale_models" / MODELS[0])
+    warmup = tmp_path / "warmup.json"
+    warmup.write_text(json.dumps(upscale(MODELS[0], "warmup")))
+    async with (
+        run_standin(base, temp_directory=tmp_path / "t0") as first,
+        run_standin(
+            tmp_path / "elsewhere",
+            input_directory=first.dirs.input,
+            output_directory=first.dirs.output,
+            temp_directory=tmp_path / "t1",
+        ) as second,
+    ):
+        values = {
+            "comfyui_urls": f"{first.url},{second.url}",
+            "comfyui_temp_dirs": f"{first.dirs.temp},{second.dirs.temp}",
+            "warmup_prompt_file": warmup,
+        }
+        async with run_sidecar(sidecar_settings(first.url, first.dirs, **values)) as sidecar:
+            members = sidecar.app[COMFY_KEY].members
+            await wait_until(lambda: members[1].warmup_failed, timeout_s=20)
+            statuses = {}
+            for path in ("/health", "/ready", "/health/comfyui/0", "/health/comfyui/1"):
+                async with http.get(f"{sidecar.url}{path}") as response:
+                    statuses[path] = response.status
+            assert statuses == {
+                "/health": 200,
+                "/ready": 200,
+                "/health/comfyui/0": 200,
+                "/health/comfyui/1": 503,
+            }
+            body = {"id": "after", "prompt": upscale(MODELS[0], "x")}
+            async with http.post(f"{sidecar.url}/prompt", json=body) as response:
+                assert response.status == 200, await response.text()
+            assert members[0].warm
+            assert not members[1].warm

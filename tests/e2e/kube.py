@@ -274,6 +274,16 @@ def incluster_scripts_config_map(namespace: str) -> dict[str, Any]:
     }
 
 
+# kind's Service network: in-cluster file servers are private addresses; downloads refuse them unless allowed.
+ALLOW_SERVICE_NETWORK = {"name": "DOWNLOAD_ALLOW_NETWORKS", "value": "10.96.0.0/12"}
+
+
+def deploy_file_server(kube: Kube, namespace: str) -> None:
+    """Apply `file_server` and wait until it serves."""
+    kube.apply(*file_server(namespace))
+    kube.run("-n", namespace, "rollout", "status", "deployment/files", "--timeout=120s", timeout=150)
+
+
 def file_server(namespace: str) -> list[dict[str, Any]]:
     """A Deployment + Service `files:8000` serving generated model files (incluster/fileserver.py)."""
     labels = {"app": "e2e-files"}

@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from .kube import (
+    ALLOW_SERVICE_NETWORK,
     Kube,
+    deploy_file_server,
     e2e_namespace,
-    file_server,
     files_url,
     get_text,
     pod_of,
@@ -29,27 +30,24 @@ from .kube import (
 pytestmark = pytest.mark.e2e
 NAME = "models"
 EXTRA_FOLDER = "e2e_custom"
-# kind's Service network: in-cluster file servers are private addresses, refused unless allowed.
-ALLOW = "10.96.0.0/12"
 
 
 @pytest.fixture(scope="module")
 def namespace(kube: Kube) -> Iterator[str]:
     with e2e_namespace(kube, "e2e-models") as name:
-        kube.apply(*file_server(name))
+        deploy_file_server(kube, name)
         kube.apply(
             standin_instance(
                 NAME,
                 name,
                 sidecar={
                     "env": [
-                        {"name": "DOWNLOAD_ALLOW_NETWORKS", "value": ALLOW},
+                        ALLOW_SERVICE_NETWORK,
                         {"name": "EXTRA_MODEL_FOLDERS", "value": EXTRA_FOLDER},
                     ]
                 },
             )
         )
-        kube.run("-n", name, "rollout", "status", "deployment/files", "--timeout=120s", timeout=150)
         wait_instance_ready(kube, NAME, name)
         yield name
 

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from .kube import (
+    ALLOW_SERVICE_NETWORK,
     SIDECAR_IMAGE,
     Kube,
     container_status,
+    deploy_file_server,
     e2e_namespace,
-    file_server,
     files_url,
     pod_of,
     post_json,
@@ -37,16 +38,15 @@ EVICTION_WINDOW_S = 35
 @pytest.fixture(scope="module")
 def namespace(kube: Kube) -> Iterator[str]:
     with e2e_namespace(kube, "e2e-cache") as name:
-        kube.apply(*file_server(name))
+        deploy_file_server(kube, name)
         kube.apply(
             standin_instance(
                 NAME,
                 name,
                 cache={"sizeLimit": "64Mi"},
-                sidecar={"env": [{"name": "DOWNLOAD_ALLOW_NETWORKS", "value": "10.96.0.0/12"}]},
+                sidecar={"env": [ALLOW_SERVICE_NETWORK]},
             )
         )
-        kube.run("-n", name, "rollout", "status", "deployment/files", "--timeout=120s", timeout=150)
         wait_instance_ready(kube, NAME, name)
         yield name
 

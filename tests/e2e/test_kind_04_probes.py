@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from .kube import (
+    ALLOW_SERVICE_NETWORK,
     Kube,
     condition,
     container_status,
+    deploy_file_server,
     e2e_namespace,
-    file_server,
     files_url,
     pod_of,
     standin_instance,
@@ -26,7 +27,6 @@ from .kube import (
 )
 
 pytestmark = pytest.mark.e2e
-ALLOW = {"name": "DOWNLOAD_ALLOW_NETWORKS", "value": "10.96.0.0/12"}
 DOWNLOAD_S = 75
 STARTUP_BUDGET_S = 10
 PROBE_KILL_GRACE_S = 30  # builders.COMFYUI_PROBE_KILL_GRACE_SECONDS
@@ -37,8 +37,7 @@ SLACK_S = 30
 @pytest.fixture(scope="module")
 def namespace(kube: Kube) -> Iterator[str]:
     with e2e_namespace(kube, "e2e-probes") as name:
-        kube.apply(*file_server(name))
-        kube.run("-n", name, "rollout", "status", "deployment/files", "--timeout=120s", timeout=150)
+        deploy_file_server(kube, name)
         manifest = {
             "models": {
                 "before_start": [
@@ -53,7 +52,9 @@ def namespace(kube: Kube) -> Iterator[str]:
             standin_instance(
                 "manifest",
                 name,
-                sidecar={"env": [ALLOW, {"name": "MANIFEST_JSON", "value": json.dumps(manifest)}]},
+                sidecar={
+                    "env": [ALLOW_SERVICE_NETWORK, {"name": "MANIFEST_JSON", "value": json.dumps(manifest)}]
+                },
             ),
             standin_instance(
                 "nostart",

@@ -22,11 +22,12 @@ from PIL import Image
 
 from .incluster.fileserver import model_bytes
 from .kube import (
+    ALLOW_SERVICE_NETWORK,
     SIDECAR_IMAGE,
     Kube,
     condition,
+    deploy_file_server,
     e2e_namespace,
-    file_server,
     files_url,
     get_text,
     pod_of,
@@ -42,7 +43,6 @@ INSTANCE = "uses-lib"
 MODEL = "library-x4.safetensors"
 SIZE = 1 << 20
 # kind's Service network: the in-cluster file server is a private address, refused unless allowed.
-ALLOW = {"name": "DOWNLOAD_ALLOW_NETWORKS", "value": "10.96.0.0/12"}
 
 
 def library(namespace: str) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def library(namespace: str) -> dict[str, Any]:
                     "sha256": hashlib.sha256(model_bytes(SIZE, "4")).hexdigest(),
                 }
             ],
-            "sync": {"image": SIDECAR_IMAGE, "env": [ALLOW], "backoffLimit": 1},
+            "sync": {"image": SIDECAR_IMAGE, "env": [ALLOW_SERVICE_NETWORK], "backoffLimit": 1},
         },
     }
 
@@ -74,8 +74,7 @@ def _library(kube: Kube, namespace: str) -> dict[str, Any] | None:
 @pytest.fixture(scope="module")
 def namespace(kube: Kube) -> Iterator[str]:
     with e2e_namespace(kube, "e2e-library") as name:
-        kube.apply(*file_server(name))
-        kube.run("-n", name, "rollout", "status", "deployment/files", "--timeout=120s", timeout=150)
+        deploy_file_server(kube, name)
         yield name
 
 

@@ -363,7 +363,9 @@ class Sidecar(ApiModel):
         default=600,
         ge=10,
         le=7200,
-        description="Time to become healthy (ComfyUI start and warmup) before a restart.",
+        description="How long ComfyUI may take to answer after its container starts before the kubelet "
+        "restarts it (the startup probe, through the sidecar's GET /health/comfyui). The warmup runs after "
+        "that and only holds readiness.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Sidecar log level."

@@ -1,0 +1,107 @@
+"""Which replica gets a job (pure).
+
+Model-aware (`rank`): among the usable replicas (ready, not draining, a ComfyUI up, queue not full), those
+that hold some of the job's models and whose queue is at most `affinity_max_queue` per ComfyUI come first:
+most models loaded in a ComfyUI, then most models in the cache, then the shortest queue. Every other usable
+replica follows, least loaded first (queue per ComfyUI), models held breaking ties. Remaining ties go to
+the replica ranked highest by a hash of the job's model set, so jobs for one set of models keep landing on
+the same replica even before any replica reports them loaded.
+
+The whole order is returned: when the first replica refuses (queue full, shutting down, gone) the next is
+tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Reason = Literal["affinity", "least_loaded", "round_robin", "none"]
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """What routing needs to know about one replica (from its placement report and the router's own
+    dispatches since)."""
+
+    name: str
+    ready: bool = True
+    draining: bool = False
+    queue_depth: int = 0
+    max_queue_depth: int = 0
+    comfyuis_up: int = 1
+    loaded: frozenset[str] = field(default_factory=frozenset)
+    cached: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def capacity(self) -> int:
+        return max(1, self.comfyuis_up)
+
+    @property
+    def full(self) -> bool:
+        return self.max_queue_depth > 0 and self.queue_depth >= self.max_queue_depth
+
+    @property
+    def serving(self) -> bool:
+        """Up and staying: it runs jobs now (possibly with a full queue)."""
+        return self.comfyuis_up > 0 and not self.draining
+
+    @property
+    def usable(self) -> bool:
+        return self.ready and self.serving and not self.full
+
+    @property
+    def load(self) -> float:
+        return self.queue_depth / self.capacity
+
+
+@dataclass(frozen=True)
+class Decision:
+    order: tuple[str, ...]
+    """Replica names, the preferred first; empty when no replica can take a job now."""
+    reason: Reason
+
+
+def _tiebreak(key: str, name: str) -> bytes:
+    return hashlib.sha256(f"{key}\n{name}".encode()).digest()
+
+
+def rank(replicas: Sequence[ReplicaView], models: Collection[str], *, affinity_max_queue: int) -> Decision:
+    """The model-aware order of the usable replicas for a job using `models` ('<folder>/<name>')."""
+    wanted = frozenset(models)
+    key = "\n".join(sorted(wanted))
+    usable = [replica for replica in replicas if replica.usable]
+    if not usable:
+        return Decision((), "none")
+
+    def held(replica: ReplicaView) -> tuple[int, int]:
+        return len(wanted & replica.loaded), len(wanted & replica.cached)
+
+    near = [
+        replica
+        for replica in usable
+        if held(replica) != (0, 0) and replica.queue_depth <= affinity_max_queue * replica.capacity
+    ]
+    near.sort(key=lambda r: (-held(r)[0], -held(r)[1], r.load, _tiebreak(key, r.name)))
+    chosen = {replica.name for replica in near}
+    rest = [replica for replica in usable if replica.name not in chosen]
+    rest.sort(key=lambda r: (r.load, -held(r)[0], -held(r)[1], _tiebreak(key, r.name)))
+    order = tuple(replica.name for replica in [*near, *rest])
+    return Decision(order, "affinity" if near else "least_loaded")
+
+
+def round_robin(replicas: Sequence[ReplicaView], turn: int) -> Decision:
+    """The usable replicas in turn (what a plain Service does), starting at position `turn`."""
+    usable = sorted(replica.name for replica in replicas if replica.usable)
+    if not usable:
+        return Decision((), "none")
+    start = turn % len(usable)
+    return Decision(tuple(usable[start:] + usable[:start]), "round_robin")
+
+
+def saturated(replicas: Sequence[ReplicaView]) -> bool:
+    """Replicas are serving but every one of them has a full queue: answer 429, do not hold the job."""
+    serving = [replica for replica in replicas if replica.serving]
+    return bool(serving) and all(replica.full for replica in serving)

@@ -1,0 +1,182 @@
+"""The replicas the router sends jobs to, and what each one holds: discovery (a static list or the DNS records
+of the instance's headless `<name>-peers` Service) and a poll of every replica's `GET /internal/placement`.
+
+Between two polls the router counts its own dispatches: a job sent to a replica adds to its queue, and its
+models count as loaded there until the replica reports them, goes idle, or PENDING_TTL_S passes. So a burst
+of jobs for one model follows the first one, and a burst of other jobs spreads, before any report shows it.
+
+A replica that leaves discovery, or does not answer its poll for REPLICA_LOST_S, is gone: its `gone` event
+fires, and every request the router is forwarding to it fails at once (502) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from comfyui_sidecar.cluster.client import PeerClient, PeerUnreachable
+from comfyui_sidecar.cluster.peers import Peers
+from comfyui_sidecar.placement import Placement
+from pydantic import ValidationError
+
+from comfyui_router.choice import ReplicaView
+
+log = logging.getLogger(__name__)
+PLACEMENT_PATH = "/internal/placement"
+PENDING_TTL_S = 60.0
+
+
+@dataclass
+class Replica:
+    name: str
+    url: str
+    report: Placement | None = None
+    last_answer: float = 0.0
+    """monotonic time of the last answered poll (0: never)."""
+    dispatches: list[float] = field(default_factory=list)
+    pending: dict[str, float] = field(default_factory=dict)
+    """model -> when the router last sent a job using it here."""
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def view(self) -> ReplicaView:
+        report = self.report
+        if report is None or self.gone.is_set():
+            return ReplicaView(self.name, ready=False, comfyuis_up=0)
+        up = [comfy for comfy in report.comfyuis if comfy.up]
+        loaded = {model for comfy in up for model in comfy.loaded_models}
+        return ReplicaView(
+            name=self.name,
+            ready=report.ready,
+            draining=report.draining,
+            queue_depth=report.queue_depth + len(self.dispatches),
+            max_queue_depth=report.max_queue_depth,
+            comfyuis_up=len(up),
+            loaded=frozenset(loaded | set(self.pending)),
+            cached=frozenset(report.cached_models),
+        )
+
+    def dispatched(self, models: set[str], now: float) -> None:
+        self.dispatches.append(now)
+        for model in models:
+            self.pending[model] = now
+
+    def undo_dispatch(self) -> None:
+        """The replica refused the last job sent (or could not be reached)."""
+        if self.dispatches:
+            self.dispatches.pop()
+
+    def reported(self, report: Placement, asked_at: float, now: float) -> None:
+        """A poll sent at `asked_at` answered: the report counts every dispatch made before it."""
+        self.report = report
+        self.last_answer = now
+        self.dispatches = [at for at in self.dispatches if at >= asked_at]
+        loaded = {model for comfy in report.comfyuis if comfy.up for model in comfy.loaded_models}
+        idle = report.queue_depth == 0
+        self.pending = {
+            model: at
+            for model, at in self.pending.items()
+            if model not in loaded and now - at < PENDING_TTL_S and not (idle and at < asked_at)
+        }
+
+
+class ReplicaSet:
+    def __init__(
+        self,
+        discovery: Peers,
+        client: PeerClient,
+        *,
+        interval_s: float,
+        lost_s: float,
+        discovery_every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.discovery = discovery
+        self.client = client
+        self.interval_s = interval_s
+        self.lost_s = lost_s
+        self.discovery_every_s = discovery_every_s
+        self._discovered_at: float | None = None
+        self.clock = clock
+        self.replicas: dict[str, Replica] = {}
+        self._tick = asyncio.Event()
+        self.busy_seen = 0.0
+        """monotonic time a replica last reported queued or running work."""
+        self.on_lost: Callable[[str], None] = lambda name: None
+
+    def views(self) -> list[ReplicaView]:
+        return [replica.view() for replica in self.replicas.values()]
+
+    def get(self, name: str) -> Replica | None:
+        return self.replicas.get(name)
+
+    def dispatched(self, name: str, models: set[str]) -> None:
+        replica = self.replicas.get(name)
+        if replica is not None:
+            replica.dispatched(models, self.clock())
+
+    async def changed(self, timeout_s: float) -> None:
+        """Return after the next poll round (or `timeout_s`)."""
+        tick = self._tick
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tick.wait(), timeout=max(0.0, timeout_s))
+
+    def _notify(self) -> None:
+        self._tick.set()
+        self._tick = asyncio.Event()
+
+    def _lose(self, replica: Replica, why: str) -> None:
+        if not replica.gone.is_set():
+            log.warning("replica %s is gone (%s): requests it was answering fail now", replica.name, why)
+            replica.gone.set()
+            self.on_lost(replica.name)
+
+    def _sync_discovery(self) -> None:
+        found = self.discovery.map
+        for name in list(self.replicas):
+            if name not in found:
+                self._lose(self.replicas.pop(name), "no longer discovered")
+        for name, url in found.items():
+            if name not in self.replicas:
+                self.replicas[name] = Replica(name, url)
+
+    async def _poll(self, replica: Replica) -> None:
+        asked_at = self.clock()
+        try:
+            status, body = await self.client.call(replica.url, "GET", PLACEMENT_PATH)
+            report = Placement.model_validate(body) if status == 200 else None
+        except (PeerUnreachable, ValidationError) as error:
+            log.debug("placement of %s: %s", replica.name, error)
+            report = None
+        now = self.clock()
+        if report is None:
+            silent_since = replica.last_answer or asked_at
+            if replica.report is not None and now - silent_since >= self.lost_s:
+                self._lose(replica, f"no answer for {now - silent_since:.0f} s")
+            return
+        if replica.gone.is_set():
+            replica.gone = asyncio.Event()  # it answers again: a new incarnation
+        replica.reported(report, asked_at, now)
+        if report.queue_depth > 0:
+            self.busy_seen = now
+
+    async def poll_once(self) -> None:
+        now = self.clock()
+        if self._discovered_at is None or now - self._discovered_at >= self.discovery_every_s:
+            self._discovered_at = now
+            await self.discovery.refresh()
+        self._sync_discovery()
+        await asyncio.gather(*(self._poll(replica) for replica in list(self.replicas.values())))
+        self._notify()
+
+    async def run(self) -> None:
+        while True:
+            started = self.clock()
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("the placement poll failed")
+            await asyncio.sleep(max(0.05, self.interval_s - (self.clock() - started)))

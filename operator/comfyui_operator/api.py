@@ -522,6 +522,51 @@ class Api(ApiModel):
     )
 
 
+class Routing(ApiModel):
+    """A router in front of the replicas (docs/router.md): each job goes to the replica that already holds its
+    models, and jobs are held while no replica is ready. The instance's Service then points at the router;
+    clients keep the same address."""
+
+    replicas: int = Field(
+        default=2, ge=2, le=20, description="Router pods (at least two: no single point of failure)."
+    )
+    affinity_max_queue: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="A replica holding a job's models gets the job while its queue (per ComfyUI) is at most "
+        "this long; beyond it the least-loaded replica does.",
+    )
+    max_held_jobs: int = Field(
+        default=100,
+        ge=1,
+        le=10000,
+        description="Jobs waiting for a ready replica at most (v2 jobs held plus comfyui-api requests "
+        "waiting); beyond it 429 with Retry-After.",
+    )
+    hold_timeout_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        le=86400,
+        description="Longest a job waits for a ready replica (then a v2 job fails with no_replica_ready, a "
+        "request gets 503). Default: sidecar.promptTimeoutSeconds.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="CPU and memory of each router pod (default: requests cpu 100m and memory 128Mi, "
+        "limit memory 512Mi).",
+    )
+
+
+class Scaling(ApiModel):
+    """Scale to zero: with no job for idleTimeoutSeconds the replicas go to zero; the router holds the next
+    job and the operator scales back to spec.replicas. Needs spec.routing."""
+
+    idle_timeout_seconds: int = Field(
+        ge=30, le=604800, description="Seconds without any job before the replicas are scaled to zero."
+    )
+
+
 class Toleration(ApiModel):
     """A Kubernetes toleration."""
 
@@ -624,6 +669,8 @@ class ExtraVolume(ApiModel):
 
 
 _RESERVED_LABEL_PREFIX = "app.kubernetes.io/"
+SCALING_RULE = "!has(self.scaling) || has(self.routing)"
+SCALING_MESSAGE = "scaling needs routing: only the router can hold a job while no replica runs"
 
 
 class ComfyUIInstanceSpec(ApiModel):
@@ -638,6 +685,7 @@ class ComfyUIInstanceSpec(ApiModel):
                     "self.extraVolumes.exists(v, v.name == m.name))",
                     "every comfyui.extraVolumeMounts[].name must name an entry of extraVolumes",
                 ),
+                _cel(SCALING_RULE, SCALING_MESSAGE, ".scaling"),
             ]
         }
     )
@@ -677,6 +725,12 @@ class ComfyUIInstanceSpec(ApiModel):
         default_factory=Api,
         json_schema_extra={"default": {}},
         description="Comfy API v2 and bearer-token auth of the sidecar's HTTP API.",
+    )
+    routing: Routing | None = Field(
+        default=None, description="A model-aware router in front of the replicas (docs/router.md)."
+    )
+    scaling: Scaling | None = Field(
+        default=None, description="Scale to zero when idle, back up when a job arrives (needs routing)."
     )
     extra_volumes: Annotated[list[ExtraVolume], Field(max_length=16)] | None = Field(
         default=None, description="Extra pod volumes for comfyui.extraVolumeMounts."
@@ -729,6 +783,8 @@ class ComfyUIInstanceSpec(ApiModel):
         for mount in self.comfyui.extra_volume_mounts or []:
             if mount.name not in volumes:
                 raise ValueError("every comfyui.extraVolumeMounts[].name must name an entry of extraVolumes")
+        if self.scaling is not None and self.routing is None:
+            raise ValueError(SCALING_MESSAGE)
         for key in self.pod_labels or {}:
             if key.startswith(_RESERVED_LABEL_PREFIX):
                 raise ValueError(
@@ -755,6 +811,16 @@ class Condition(ApiModel):
     )
 
 
+class ScalingStatus(ApiModel):
+    """Scale to zero (spec.scaling), written by the operator when it scales the replicas down or back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    scaled_to_zero: bool = Field(description="The replicas are at zero because the instance was idle.")
+    last_transition_time: str = Field(description="When the operator last scaled down or back (RFC 3339).")
+    message: str = Field(max_length=1024, description="Why.")
+
+
 class ComfyUIInstanceStatus(ApiModel):
     """Observed state, written by the operator through the status subresource."""
 
@@ -769,6 +835,7 @@ class ComfyUIInstanceStatus(ApiModel):
     endpoint: str | None = Field(default=None, description="In-cluster URL of the comfyui-api service.")
     comfyui_image: str | None = Field(default=None, description="ComfyUI image the pods run.")
     sidecar_image: str | None = Field(default=None, description="Sidecar image the pods run.")
+    scaling: ScalingStatus | None = Field(default=None, description="Scale to zero (spec.scaling).")
     conditions: Annotated[list[Condition], Field(max_length=16)] | None = Field(
         default=None,
         description="Ready, Progressing, Degraded.",

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from comfyui_operator import api
+from comfyui_operator import api, router_builders
 from comfyui_operator.quantity import parse_quantity
 from comfyui_operator.settings import OperatorSettings
 
@@ -358,6 +358,13 @@ def api_env(
         {"name": "ASSET_MAX_BYTES", "value": str(int(parse_quantity(spec.input.size_limit)) // 2)},
         {"name": "OUTPUT_MAX_BYTES", "value": str(int(parse_quantity(spec.output.size_limit)) // 2)},
     ]
+    return env + access_env(spec)
+
+
+def access_env(spec: api.ComfyUIInstanceSpec) -> list[dict[str, Any]]:
+    """How clients reach and authenticate (spec.api): the same on the sidecars and the router."""
+    spec_api = spec.api
+    env: list[dict[str, Any]] = []
     if spec_api.public_base_url:
         env.append({"name": "PUBLIC_BASE_URL", "value": spec_api.public_base_url})
     if spec_api.trust_forwarded_headers:
@@ -563,8 +570,14 @@ def build_pod_spec(
 
 
 def build_deployment(
-    instance: InstanceRef, spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
+    instance: InstanceRef,
+    spec: api.ComfyUIInstanceSpec,
+    settings: OperatorSettings,
+    *,
+    scaled_to_zero: bool = False,
 ) -> dict[str, Any]:
+    """The replicas; `scaled_to_zero` (spec.scaling, idle) sets 0 pods and keeps spec.replicas as the size
+    to scale back to."""
     pod_labels = {**(spec.pod_labels or {}), **labels(instance)}
     pod_annotations = {
         "kubectl.kubernetes.io/default-container": "sidecar",
@@ -576,7 +589,7 @@ def build_deployment(
         "kind": "Deployment",
         "metadata": _metadata(instance, instance.name),
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": 0 if scaled_to_zero else spec.replicas,
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": spec.sidecar.startup_timeout_seconds + PROGRESS_MARGIN_SECONDS,
             "selector": {"matchLabels": selector_labels(instance)},
@@ -596,13 +609,16 @@ def build_deployment(
 
 
 def build_service(instance: InstanceRef, spec: api.ComfyUIInstanceSpec) -> dict[str, Any]:
+    """The instance's address. With spec.routing it leads to the router pods, which pass each job on to a
+    replica (reached by the router through <name>-peers); clients keep the same address either way."""
+    selector = router_builders.selector_labels(instance) if spec.routing else selector_labels(instance)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(instance, instance.name, spec.service.annotations),
         "spec": {
             "type": spec.service.type,
-            "selector": selector_labels(instance),
+            "selector": selector,
             "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -643,15 +659,19 @@ def build_pdb(instance: InstanceRef, spec: api.ComfyUIInstanceSpec) -> dict[str,
 
 
 def build_all(
-    instance: InstanceRef, spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
+    instance: InstanceRef,
+    spec: api.ComfyUIInstanceSpec,
+    settings: OperatorSettings,
+    *,
+    scaled_to_zero: bool = False,
 ) -> list[dict[str, Any]]:
     """Every object the instance should own, in apply order (the ConfigMap before the pods that mount it)."""
     objects = [
         build_config_map(instance, spec),
         build_service(instance, spec),
         build_peers_service(instance, spec),
-        build_deployment(instance, spec, settings),
+        build_deployment(instance, spec, settings, scaled_to_zero=scaled_to_zero),
     ]
     if wants_pdb(spec):
         objects.append(build_pdb(instance, spec))
-    return objects
+    return objects + router_builders.build_router_objects(instance, spec, settings)

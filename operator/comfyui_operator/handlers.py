@@ -16,6 +16,7 @@ from comfyui_operator import api, builders
 from comfyui_operator.kube import KubeError
 from comfyui_operator.library_handlers import register_library
 from comfyui_operator.reconcile import RETRIED_REASONS, Reconciler, retry_delay
+from comfyui_operator.scaling import ScalingLoop
 from comfyui_operator.scheduling import Debouncer, PeriodicRefresh, Retrier
 from comfyui_operator.settings import OperatorSettings
 
@@ -59,6 +60,7 @@ def register(
     the retries are the operator's own tasks, so an instance can be deleted while no operator runs."""
     refresher = Debouncer(reconciler.refresh_by_name)
     periodic = PeriodicRefresh(refresher.schedule, settings.status_refresh_seconds)
+    scaler = ScalingLoop(reconciler.check_scaling, settings.scaling_poll_seconds)
 
     async def converge_again(namespace: str, name: str, first_attempt: int) -> None:
         """Reconcile again with the operator's backoff (capped at RETRY_MAX_SECONDS) while a retried problem
@@ -103,15 +105,17 @@ def register(
 
     @kopf.on.event(*resource, id="instance_seen", registry=registry)
     async def instance_seen(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
-        """Keeps the set of instances the periodic refresh walks; forgets a deleted instance (kopf calls no
-        deletion handler for an object without its finalizer)."""
+        """Keeps the sets of instances the periodic refresh and the scaling checks walk; forgets a deleted
+        instance (kopf calls no deletion handler for an object without its finalizer)."""
         namespace, name = str(meta["namespace"]), str(meta["name"])
         if event.get("type") == "DELETED":
             periodic.discard(namespace, name)
+            scaler.track(namespace, name, None)
             retrier.cancel(namespace, name)
             reconciler.forget(namespace, name)
         else:
             periodic.add(namespace, name)
+            scaler.track(namespace, name, _parsed((event.get("object") or {}).get("spec")))
 
     @kopf.on.event(
         "apps", "v1", "deployments", id="deployment_changed", labels=MANAGED_LABELS, registry=registry
@@ -146,11 +150,21 @@ def register(
     @kopf.on.startup(id="start_periodic_refresh", registry=registry)
     async def start_periodic_refresh(**_: Any) -> None:
         periodic.start()
+        scaler.start()
 
     @kopf.on.cleanup(id="stop_refresher", registry=registry)
     async def stop_refresher(**_: Any) -> None:
         await periodic.close()
+        await scaler.close()
         await refresher.close()
         await retrier.close()
+        await reconciler.close()
 
     return refresher
+
+
+def _parsed(spec: Any) -> api.ComfyUIInstanceSpec | None:
+    try:
+        return api.parse_spec(dict(spec or {}))
+    except ValueError:
+        return None

@@ -5,9 +5,12 @@
 
 No wildcards. No Secret access at all: a missing Secret reference is seen on the pods
 (CreateContainerConfigError) and reported as a `MissingReference` condition; a library's credentials Secret
-is only named in its sync Job's environment. No delete verbs except for the PodDisruptionBudget, which is
-removed when an instance scales down to one replica, and a library's sync Jobs of superseded manifests;
-everything else is garbage-collected through ownerReferences.
+is only named in its sync Job's environment. Delete only for objects the operator stops wanting while their
+owner lives: the PodDisruptionBudget when an instance scales down to one replica, the router's Deployment,
+PodDisruptionBudget and headless Service when `spec.routing` is removed (each only when the instance owns
+it), and a library's sync Jobs of superseded manifests; everything else is garbage-collected through
+ownerReferences. Neither the router nor the pods get API access: the operator scales to zero and back from
+the router's `GET /activity`.
 """
 
 from __future__ import annotations
@@ -48,10 +51,16 @@ WORKLOAD_RULES: tuple[PolicyRule, ...] = (
     PolicyRule(
         ("apps",),
         ("deployments",),
-        ("get", "list", "watch", "create", "patch"),
-        "server-side apply the Deployment; watch it to refresh status",
+        ("get", "list", "watch", "create", "patch", "delete"),
+        "server-side apply the Deployments (replicas, router); watch them to refresh status; delete the "
+        "router's when spec.routing is removed",
     ),
-    PolicyRule(("",), ("services",), ("get", "create", "patch"), "server-side apply the Service"),
+    PolicyRule(
+        ("",),
+        ("services",),
+        ("get", "create", "patch", "delete"),
+        "server-side apply the Services; delete the routers' headless Service when spec.routing is removed",
+    ),
     PolicyRule(
         ("",),
         ("configmaps",),
@@ -62,7 +71,8 @@ WORKLOAD_RULES: tuple[PolicyRule, ...] = (
         ("policy",),
         ("poddisruptionbudgets",),
         ("get", "create", "patch", "delete"),
-        "server-side apply the PodDisruptionBudget; delete it when replicas drop to 1 or less",
+        "server-side apply the PodDisruptionBudgets; delete one when replicas drop to 1 or less, or the "
+        "router's when spec.routing is removed",
     ),
     PolicyRule(
         (api.GROUP,),

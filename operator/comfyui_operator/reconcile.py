@@ -15,8 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from comfyui_operator import api, builders, library_link, library_status, metrics, status
+from comfyui_operator import api, builders, library_link, library_status, metrics, router_builders, status
 from comfyui_operator.kube import Kube, KubeError
+from comfyui_operator.scaling import ScaleToZero
 from comfyui_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,10 @@ class Reconciler:
     _problems: dict[Key, list[status.Problem]] = field(default_factory=dict)
     _generations: dict[Key, int] = field(default_factory=dict)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    scaler: ScaleToZero = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = ScaleToZero(self.kube, self.settings, self.post_event, self.clock)
 
     async def reconcile(self, body: Mapping[str, Any]) -> list[status.Problem]:
         """Converge the owned objects to the spec and refresh status. Returns the problems found."""
@@ -172,7 +177,8 @@ class Reconciler:
                 problems, spec = self._validate(instance, body)
                 if spec is not None:
                     problems = await self._check_references(instance.namespace, spec)
-                    problems += await self._apply_all(instance, spec)
+                    scaled = self.scaler.scaled_to_zero(key, spec, body)
+                    problems += await self._apply_all(instance, spec, scaled)
                 self._remember(key, instance.generation, problems)
                 await self.refresh_by_name(*key)
             except KubeError as exc:
@@ -204,26 +210,29 @@ class Reconciler:
         self.tracker.record(_key_text(key), result, critical=critical)
 
     async def _apply_all(
-        self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec
+        self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec, scaled_to_zero: bool
     ) -> list[status.Problem]:
         """Apply every owned object. An object the API server refuses (4xx) becomes an ApplyFailed problem."""
-        objects, problems = await self._objects(instance, spec)
+        objects, problems = await self._objects(instance, spec, scaled_to_zero)
         for obj in objects:
             refused = await apply_or_refused(self.kube, obj)
             if refused:
                 return refused
         if not builders.wants_pdb(spec):
-            await self._delete_owned_pdb(instance)
+            await self._delete_owned(instance, "PodDisruptionBudget", instance.name)
+        if spec.routing is None:
+            await self._delete_router(instance)
         return problems
 
     async def _objects(
-        self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec
+        self, instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec, scaled_to_zero: bool
     ) -> tuple[list[dict[str, Any]], list[status.Problem]]:
         """The owned objects; with a libraryRef, its claim mounted and the pods gated (library_link)."""
         link = await library_link.find_link(self.kube, instance.namespace, spec)
         if link is None:
-            return builders.build_all(instance, spec, self.settings), []
-        objects = builders.build_all(instance, library_link.mounted_spec(spec, link), self.settings)
+            return builders.build_all(instance, spec, self.settings, scaled_to_zero=scaled_to_zero), []
+        mounted = library_link.mounted_spec(spec, link)
+        objects = builders.build_all(instance, mounted, self.settings, scaled_to_zero=scaled_to_zero)
         problem = link.problem()
         if problem is not None:
             return library_link.without_deployment(objects), [problem]
@@ -246,11 +255,31 @@ class Reconciler:
                 problems.append(problem)
         return problems
 
-    async def _delete_owned_pdb(self, instance: builders.InstanceRef) -> None:
-        pdb = await self.kube.get("PodDisruptionBudget", instance.namespace, instance.name)
-        owners = (pdb or {}).get("metadata", {}).get("ownerReferences") or []
+    async def _delete_owned(self, instance: builders.InstanceRef, kind: str, name: str) -> None:
+        """Delete an object this instance owns (a PDB after scaling to one replica, the router objects after
+        spec.routing was removed); someone else's object of that name is left alone."""
+        found = await self.kube.get(kind, instance.namespace, name)
+        owners = (found or {}).get("metadata", {}).get("ownerReferences") or []
         if any(owner.get("uid") == instance.uid for owner in owners):
-            await self.kube.delete("PodDisruptionBudget", instance.namespace, instance.name)
+            await self.kube.delete(kind, instance.namespace, name)
+
+    async def _delete_router(self, instance: builders.InstanceRef) -> None:
+        """spec.routing is off: delete the router objects if this instance has them (they are applied
+        together; their headless Service tells, one GET for an instance that never had a router)."""
+        kind, name = router_builders.owned_router_objects(instance)[-1]
+        found = await self.kube.get(kind, instance.namespace, name)
+        owners = (found or {}).get("metadata", {}).get("ownerReferences") or []
+        if not any(owner.get("uid") == instance.uid for owner in owners):
+            return
+        for kind, name in router_builders.owned_router_objects(instance):
+            await self._delete_owned(instance, kind, name)
+
+    async def check_scaling(self, namespace: str, name: str, spec: api.ComfyUIInstanceSpec) -> None:
+        """spec.scaling: scale to zero or back when the router's activity says so (scaling.ScaleToZero)."""
+        await self.scaler.check(namespace, name, spec, self.reconcile)
+
+    async def close(self) -> None:
+        await self.scaler.close()
 
     def _lock(self, key: Key) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -296,7 +325,12 @@ class Reconciler:
             events = [
                 event for event in warnings if (event.get("involvedObject") or {}).get("name") in pending
             ]
-        desired = spec.replicas if spec is not None else _raw_replicas(body)
+        scaled = self.scaler.scaled_to_zero(key, spec, body)
+        desired = 0 if scaled else spec.replicas if spec is not None else _raw_replicas(body)
+        router = None
+        if spec is not None and spec.routing is not None:
+            router_name = router_builders.router_name(instance)
+            router = await self.kube.get("Deployment", instance.namespace, router_name) or {}
         link = await library_link.find_link(self.kube, instance.namespace, spec) if spec is not None else None
         extra: list[dict[str, Any]] = []
         waiting = None
@@ -320,6 +354,8 @@ class Reconciler:
             extra_conditions=extra,
             waiting=waiting,
             notes=status.spec_notes(spec) if spec is not None else (),
+            scaled_to_zero=scaled,
+            router=router,
         )
         previous = dict(body.get("status") or {})
         new = status.derive_status(observed, previous, self.clock(), _images(deployment))
@@ -334,6 +370,7 @@ class Reconciler:
         self.tracker.set(_key_text(key), status.ready_state(new))
 
     def forget(self, namespace: str, name: str) -> None:
+        self.scaler.forget((namespace, name))
         self._problems.pop((namespace, name), None)
         self._generations.pop((namespace, name), None)
         self._locks.pop((namespace, name), None)

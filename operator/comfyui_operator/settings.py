@@ -74,6 +74,20 @@ class OperatorSettings(BaseSettings):
         description="Periodic status refresh of every instance (besides watch events).",
     )
     retry_base_seconds: int = Field(default=10, ge=1, le=600, description="First retry delay after an error.")
+    scaling_poll_seconds: float = Field(
+        default=5.0,
+        ge=1,
+        le=300,
+        description="How often the router of an instance with spec.scaling is asked for its activity "
+        "(GET /activity): the delay before a held job starts the scale-up.",
+    )
+    router_url: str = Field(
+        default="http://{name}.{namespace}.svc.{cluster_domain}:{port}",
+        pattern=r"^https?://",
+        description="Where the operator reaches an instance's router ({name}, {namespace}, "
+        "{cluster_domain}, {port} are filled in): the instance's Service. Change it only for an operator "
+        "running outside the cluster.",
+    )
     retry_max_seconds: int = Field(
         default=300, ge=1, le=3600, description="Longest retry delay (backoff cap)."
     )

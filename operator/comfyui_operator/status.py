@@ -36,6 +36,8 @@ REPLICA_FAILURE = "ReplicaFailure"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 ALL_REPLICAS_READY = "AllReplicasReady"
 SCALED_TO_ZERO = "ScaledToZero"
+IDLE_SCALED_TO_ZERO = "IdleScaledToZero"
+ROUTER_NOT_READY = "RouterNotReady"
 REPLICAS_NOT_READY = "ReplicasNotReady"
 ROLLING_OUT = "RollingOut"
 ROLLOUT_COMPLETE = "RolloutComplete"
@@ -90,6 +92,10 @@ class Observed:
     extra_conditions: Sequence[Mapping[str, Any]] = ()
     waiting: Problem | None = None
     notes: Sequence[str] = ()
+    scaled_to_zero: bool = False
+    """spec.scaling: the operator scaled the replicas to zero because the instance was idle."""
+    router: Mapping[str, Any] | None = None
+    """spec.routing: the router Deployment ({} while it does not exist); None without routing."""
     """Facts about the spec worth knowing, added to the Ready condition's message (`spec_notes`)."""
 
 
@@ -275,7 +281,10 @@ def desired_conditions(observed: Observed) -> list[dict[str, Any]]:
             _condition(DEGRADED, problem is not None, problem.reason if problem else AS_EXPECTED, message),
         ]
 
-    if desired == 0:
+    if desired == 0 and observed.scaled_to_zero:
+        message = "idle: the replicas are at zero; the router holds the next job and the operator scales up"
+        ready_condition = _condition(READY, True, IDLE_SCALED_TO_ZERO, message)
+    elif desired == 0:
         ready_condition = _condition(READY, False, SCALED_TO_ZERO, "the instance is scaled to zero replicas")
     elif rolled_out:
         ready_condition = _condition(READY, True, ALL_REPLICAS_READY, f"{ready}/{desired} replicas ready")
@@ -285,6 +294,11 @@ def desired_conditions(observed: Observed) -> list[dict[str, Any]]:
         )
     else:
         ready_condition = _condition(READY, False, REPLICAS_NOT_READY, f"{ready}/{desired} replicas ready")
+    if observed.router is not None and ready_condition["status"] == "True":
+        routers = int(_get(observed.router, "status", "readyReplicas") or 0)
+        if routers == 0:
+            message = "no router pod is ready: the instance's Service has no endpoint"
+            ready_condition = _condition(READY, False, ROUTER_NOT_READY, message)
     if observed.notes:
         note = "; ".join(observed.notes)
         ready_condition["message"] = _truncate(f"{note}. {ready_condition['message']}")

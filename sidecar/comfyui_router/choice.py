@@ -18,6 +18,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from comfyui_sidecar.placement import held_models
+
 Reason = Literal["affinity", "least_loaded", "round_robin", "none"]
 
 
@@ -77,7 +79,7 @@ def rank(replicas: Sequence[ReplicaView], models: Collection[str], *, affinity_m
         return Decision((), "none")
 
     def held(replica: ReplicaView) -> tuple[int, int]:
-        return len(wanted & replica.loaded), len(wanted & replica.cached)
+        return len(held_models(wanted, replica.loaded)), len(held_models(wanted, replica.cached))
 
     near = [
         replica

@@ -55,8 +55,10 @@ class MemoryKube:
         return self.objects.pop((kind, namespace, name), None) is not None
 
     async def patch_status(self, namespace: str, name: str, new_status: Mapping[str, Any]) -> None:
+        """A merge patch: keys the patch leaves out stay (e.g. status.scaling beside the conditions)."""
         self.status_writes.append(copy.deepcopy(dict(new_status)))
-        self.objects[(api.KIND, namespace, name)]["status"] = copy.deepcopy(dict(new_status))
+        stored = self.objects[(api.KIND, namespace, name)]
+        stored["status"] = {**stored.get("status", {}), **copy.deepcopy(dict(new_status))}
 
 
 def instance(spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:

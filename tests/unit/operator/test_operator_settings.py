@@ -98,7 +98,9 @@ def test_rbac_is_least_privilege() -> None:
         assert "secrets" not in rule["resources"]
         assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch", "update", "delete"}
     deletable = {res for rule in rules if "delete" in rule["verbs"] for res in rule["resources"]}
-    assert deletable == {"poddisruptionbudgets", "jobs"}  # jobs: a library's superseded syncs
+    # only what the operator stops wanting while the owner lives: a PDB (one replica left), the router objects
+    # (spec.routing removed), a library's superseded sync Jobs
+    assert deletable == {"poddisruptionbudgets", "deployments", "services", "jobs"}
     by_resource = {res: set(rule["verbs"]) for rule in rules for res in rule["resources"]}
     assert by_resource[f"{api.PLURAL}/status"] == {"get", "patch"}
     assert by_resource["comfyuimodellibraries/status"] == {"get", "patch"}

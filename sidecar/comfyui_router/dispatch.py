@@ -1,9 +1,10 @@
 """Held v2 jobs go to a replica as soon as one is ready, oldest first.
 
-One router dispatches each held job: the router that minted its id while it is among the live routers, else
-the live router ranked first for the id (rendezvous). Two routers may still try at once (a router that just
-started and does not see the others yet): the job's Idempotency-Key makes the second submit fail with
-`idempotency_key_reuse` on the replicas, and that router then finds the job by its label.
+One router dispatches each held job: the router that minted its id while it is among the live routers (those
+that answer GET /health, asked every LIVENESS_S), else the live router ranked first for the id
+(rendezvous). Two routers may still try at once (a router that just started and does not see the others
+yet): the job's Idempotency-Key makes the second submit fail with `idempotency_key_reuse` on the replicas,
+and that router then finds the job by its label.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from comfyui_router.routing import Router
 log = logging.getLogger(__name__)
 JOBS = "/api/v2/jobs"
 TICK_S = 1.0
+LIVENESS_S = 2.0
 
 
 def submit_body(job: HeldJob) -> dict[str, Any]:
@@ -61,11 +63,22 @@ class Dispatcher:
         self.client = replica_client
         self.key = key
         self.wake = asyncio.Event()
+        self.alive: list[str] = [routers.self_name]
+        self._alive_at = -LIVENESS_S
         sync.on_change = self.copy_changed
+
+    async def _refresh_alive(self) -> None:
+        """The routers that answer now (this one always does)."""
+        now = time.monotonic()
+        if now - self._alive_at < LIVENESS_S:
+            return
+        self._alive_at = now
+        answers = await self.sync.client.scatter("GET", "/health")
+        self.alive = sorted({self.routers.self_name, *(a.name for a in answers if a.status == 200)})
 
     def mine(self, job: HeldJob) -> bool:
         parsed = ids.decode(self.key, job.id, kinds=("job",))
-        alive = self.routers.names()
+        alive = self.alive
         if parsed is not None and parsed.owner in alive:
             return parsed.owner == self.routers.self_name
         return ranked(digest(job.id), alive)[0] == self.routers.self_name
@@ -147,6 +160,8 @@ class Dispatcher:
         return job.model_copy(update={"status": "dispatched", "real_id": real_id, "updated": now})
 
     async def run_once(self) -> None:
+        if self.store.held():
+            await self._refresh_alive()
         for failed in self.store.expire(time.time()):
             log.info("held job %s: %s", failed.id, (failed.error or {}).get("message"))
             await self.sync.publish(failed)

@@ -59,15 +59,20 @@ class Replica:
             cached=frozenset(report.cached_models),
         )
 
-    def dispatched(self, models: set[str], now: float) -> None:
+    def dispatched(self, models: set[str], now: float) -> float:
+        """A job sent now: counted in the queue until a report made after it; returns its token."""
         self.dispatches.append(now)
         for model in models:
             self.pending[model] = now
+        return now
 
-    def undo_dispatch(self) -> None:
-        """The replica refused the last job sent (or could not be reached)."""
-        if self.dispatches:
-            self.dispatches.pop()
+    def settle(self, token: float, *, queued: bool, now: float) -> None:
+        """The replica answered the job sent at `token`: still queued there (accepted: counted until a report
+        made after the answer), or not (done, refused, failed: no longer counted)."""
+        with contextlib.suppress(ValueError):
+            self.dispatches.remove(token)
+        if queued:
+            self.dispatches.append(now)
 
     def reported(self, report: Placement, asked_at: float, now: float) -> None:
         """A poll sent at `asked_at` answered: the report counts every dispatch made before it."""
@@ -112,11 +117,6 @@ class ReplicaSet:
 
     def get(self, name: str) -> Replica | None:
         return self.replicas.get(name)
-
-    def dispatched(self, name: str, models: set[str]) -> None:
-        replica = self.replicas.get(name)
-        if replica is not None:
-            replica.dispatched(models, self.clock())
 
     async def changed(self, timeout_s: float) -> None:
         """Return after the next poll round (or `timeout_s`)."""

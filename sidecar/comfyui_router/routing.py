@@ -129,19 +129,19 @@ class Router:
             if before_send is not None:
                 before_send(replica)
             self.activity.inflight += 1
-            replica.dispatched(models, self.replicas.clock())  # counted at once: a burst spreads
+            token = replica.dispatched(models, self.replicas.clock())  # counted at once: a burst spreads
             try:
                 try:
                     upstream = await self.forwarder.open(
                         replica, request.method, path_qs or str(request.rel_url), headers, body
                     )
                 except Unreachable as error:
-                    replica.undo_dispatch()
+                    replica.settle(token, queued=False, now=self.replicas.clock())
                     self.metrics.failed.labels(reason="unreachable").inc()
                     log.info("%s; trying the next replica", error)
                     continue
+                replica.settle(token, queued=upstream.status in (201, 202), now=self.replicas.clock())
                 if upstream.status in RETRIED_STATUSES and resendable:
-                    replica.undo_dispatch()
                     refused = (upstream.status, await upstream.read(), dict(upstream.headers))
                     upstream.release()
                     continue

@@ -15,7 +15,7 @@ Printed per policy: model loads (the sidecars' comfyui_api_model_loads_total), j
 (submit to answer), throughput (jobs / span), GPU-busy fraction (the sidecars' comfyui_api_comfy_busy_seconds
 over 4 x the span: time a ComfyUI had work, loads included), and the router's decisions.
 
-    python3 bench/routing.py [--jobs 120] [--rate 1.5] [--load-delay 2] [--run 0.5] [--quick]
+    python3 bench/routing.py [--jobs 120] [--rate 1.5] [--load-delay 2] [--run 0.5] [--seed 7] [--quick]
 Bounded: --jobs jobs per policy, every request with a timeout; about 3 minutes on 2 cores with the defaults.
 """
 
@@ -64,7 +64,7 @@ def workflow(model: str, seed: int, run_s: float) -> dict[str, Any]:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a bench", "clip": ["1", 1]}},
-        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 8, "height": 8, "batch_size": 1}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
         "4": {"class_type": "KSampler", "inputs": sampler},
         "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
         "6": {"class_type": "StandinSleep", "inputs": {"image": ["5", 0], "seconds": run_s, "steps": 1}},
@@ -100,7 +100,9 @@ def _require_load_delay() -> None:
 
 
 @contextlib.asynccontextmanager
-async def instance(tmp: Path, policy: str, load_s: float) -> AsyncIterator[tuple[str, list[str]]]:
+async def instance(
+    tmp: Path, policy: str, load_s: float, affinity_max_queue: int
+) -> AsyncIterator[tuple[str, list[str]]]:
     """4 stand-ins, 4 sidecars (peers) and a router with `policy`; yields the router's and sidecars' URLs."""
     names = [f"r{i}" for i in range(REPLICAS)]
     ports = {name: free_port() for name in names}
@@ -137,6 +139,7 @@ async def instance(tmp: Path, policy: str, load_s: float) -> AsyncIterator[tuple
             "HOST": HOST,
             "REPLICAS": peers,
             "ROUTING_POLICY": policy,
+            "AFFINITY_MAX_QUEUE": str(affinity_max_queue),
             "PEER_NAME": "bench-router",
             "LOG_LEVEL": "warning",
         }
@@ -193,7 +196,10 @@ async def sidecar_totals(session: aiohttp.ClientSession, sidecars: list[str]) ->
 
 async def run_policy(policy: str, jobs: list[Job], args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with instance(Path(tmp), policy, args.load_delay) as (router, sidecars):
+        async with instance(Path(tmp), policy, args.load_delay, args.affinity_max_queue) as (
+            router,
+            sidecars,
+        ):
             timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 before = await sidecar_totals(session, sidecars)
@@ -242,22 +248,28 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.5, help="arrivals per second")
     parser.add_argument("--load-delay", type=float, default=2.0, help="seconds a model load costs")
     parser.add_argument("--run", type=float, default=0.5, help="seconds a job runs once its model is loaded")
+    parser.add_argument("--affinity-max-queue", type=int, default=3, help="the router's AFFINITY_MAX_QUEUE")
+    parser.add_argument("--seed", type=int, default=7, help="of the job mix and arrival times")
+    parser.add_argument("--policies", default="round_robin,models", help="compared in this order")
     parser.add_argument("--quick", action="store_true", help="40 jobs")
     args = parser.parse_args()
     if args.quick:
         args.jobs = 40
     _require_load_delay()
-    jobs = schedule(args.jobs, args.rate)
+    jobs = schedule(args.jobs, args.rate, args.seed)
     counts = {model: sum(1 for job in jobs if job.model == model) for model in MODELS}
     print(f"{args.jobs} jobs over {len(MODELS)} models {counts}, {args.rate}/s Poisson arrivals, 4 replicas,")
-    print(f"model load {args.load_delay} s, run {args.run} s (2 cores, all processes on loopback)\n")
-    results = [asyncio.run(run_policy(policy, jobs, args)) for policy in ("round_robin", "models")]
+    print(f"model load {args.load_delay} s, run {args.run} s, AFFINITY_MAX_QUEUE {args.affinity_max_queue}")
+    print("(2 cores, every process on loopback)\n")
+    results = [asyncio.run(run_policy(policy, jobs, args)) for policy in args.policies.split(",")]
     print(f"{'policy':<12} {'loads':>6} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'jobs/s':>7} {'GPU busy':>9}")
     for r in results:
         print(
             f"{r['policy']:<12} {r['loads']:>6} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['max']:>7.2f} "
             f"{r['throughput']:>7.2f} {r['busy']:>8.0%}  {r['decisions']} failures={r['failures']}"
         )
+    if len(results) != 2:
+        return
     rr, mm = results
     fewer, lower = rr["loads"] / max(1, mm["loads"]), rr["p95"] / mm["p95"]
     print(f"\nmodel-aware: {fewer:.1f}x fewer model loads, p95 {lower:.1f}x lower than round-robin")

@@ -531,11 +531,12 @@ class Routing(ApiModel):
         default=2, ge=2, le=20, description="Router pods (at least two: no single point of failure)."
     )
     affinity_max_queue: int = Field(
-        default=2,
+        default=3,
         ge=0,
         le=1000,
-        description="A replica holding a job's models gets the job while its queue (per ComfyUI) is at most "
-        "this long; beyond it the least-loaded replica does.",
+        description="A replica holding a job's models gets the job while its queue (per ComfyUI, the running "
+        "job included) is at most this long; beyond it the least-loaded replica does. Waiting behind N jobs "
+        "should cost less than a model load.",
     )
     max_held_jobs: int = Field(
         default=100,

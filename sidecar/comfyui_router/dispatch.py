@@ -138,6 +138,7 @@ class Dispatcher:
             now = time.time()
             if status == 201 and isinstance(body, dict) and isinstance(body.get("id"), str):
                 replica.dispatched(set(job.models), self.replicas.clock())
+                self.router.routed(set(job.models))
                 self.router.metrics.decisions.labels(reason=decision.reason).inc()
                 log.info("held job %s runs on replica %s as %s", job.id, name, body["id"])
                 await self.change(self._dispatched(current, str(body["id"]), now))

@@ -1,9 +1,13 @@
 """The replicas the router sends jobs to, and what each one holds: discovery (a static list or the DNS records
 of the instance's headless `<name>-peers` Service) and a poll of every replica's `GET /internal/placement`.
 
-Between two polls the router counts its own dispatches: a job sent to a replica adds to its queue, and its
-models count as loaded there until the replica reports them, goes idle, or PENDING_TTL_S passes. So a burst
-of jobs for one model follows the first one, and a burst of other jobs spreads, before any report shows it.
+Between two polls the router counts its own dispatches: a job sent to a replica adds to its queue until a
+report made after it. And what matters for the next job is what the replica will hold when that job's
+turn comes, not what it holds now: with ComfyUI's default cache a ComfyUI keeps only the models of the prompt
+it ran last, so a replica with one ComfyUI "holds" the models of the last job the router sent there (until a
+report made after it shows the replica idle, or PENDING_TTL_S passes); with several ComfyUIs, the models of
+every job the router sent there count, beside those reported. So a burst of jobs for one model
+follows the first one, and jobs for another model do not take a replica whose queue ends with that model.
 
 A replica that leaves discovery, or does not answer its poll for REPLICA_LOST_S, is gone: its `gone` event
 fires, and every request the router is forwarding to it fails at once (502) instead of hanging.
@@ -40,6 +44,8 @@ class Replica:
     dispatches: list[float] = field(default_factory=list)
     pending: dict[str, float] = field(default_factory=dict)
     """model -> when the router last sent a job using it here."""
+    last_sent: tuple[float, frozenset[str]] | None = None
+    """(token, models) of the last job the router sent here, while it may still be queued."""
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> ReplicaView:
@@ -48,14 +54,19 @@ class Replica:
             return ReplicaView(self.name, ready=False, comfyuis_up=0)
         up = [comfy for comfy in report.comfyuis if comfy.up]
         loaded = {model for comfy in up for model in comfy.loaded_models}
+        queued = report.queue_depth + len(self.dispatches)
+        if len(up) > 1:
+            loaded |= set(self.pending)
+        elif self.last_sent is not None:
+            loaded = set(self.last_sent[1])  # what the one ComfyUI holds once its queue has run
         return ReplicaView(
             name=self.name,
             ready=report.ready,
             draining=report.draining,
-            queue_depth=report.queue_depth + len(self.dispatches),
+            queue_depth=queued,
             max_queue_depth=report.max_queue_depth,
             comfyuis_up=len(up),
-            loaded=frozenset(loaded | set(self.pending)),
+            loaded=frozenset(loaded),
             cached=frozenset(report.cached_models),
         )
 
@@ -64,6 +75,7 @@ class Replica:
         self.dispatches.append(now)
         for model in models:
             self.pending[model] = now
+        self.last_sent = (now, frozenset(models))
         return now
 
     def settle(self, token: float, *, queued: bool, now: float) -> None:
@@ -73,6 +85,13 @@ class Replica:
             self.dispatches.remove(token)
         if queued:
             self.dispatches.append(now)
+
+    def refused(self, token: float) -> None:
+        """The job sent at `token` never reached the replica, or it refused it (queue full, stopping)."""
+        with contextlib.suppress(ValueError):
+            self.dispatches.remove(token)
+        if self.last_sent is not None and self.last_sent[0] == token:
+            self.last_sent = None
 
     def reported(self, report: Placement, asked_at: float, now: float) -> None:
         """A poll sent at `asked_at` answered: the report counts every dispatch made before it."""
@@ -86,6 +105,10 @@ class Replica:
             for model, at in self.pending.items()
             if model not in loaded and now - at < PENDING_TTL_S and not (idle and at < asked_at)
         }
+        if self.last_sent is not None:
+            at = self.last_sent[0]
+            if now - at >= PENDING_TTL_S or (idle and at < asked_at):
+                self.last_sent = None
 
 
 class ReplicaSet:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -33,6 +34,8 @@ from comfyui_router.settings import RouterSettings
 log = logging.getLogger(__name__)
 Family = Literal["api", "v2"]
 RETRIED_STATUSES = frozenset({429, 503})
+RECENT_JOBS = 256
+"""How many of the latest jobs make up the demand for each model."""
 
 
 def refusal(
@@ -60,12 +63,19 @@ class Router:
 
     def __post_init__(self) -> None:
         self._turns = itertools.count()
+        self._recent: collections.deque[frozenset[str]] = collections.deque(maxlen=RECENT_JOBS)
 
     def decide(self, models: set[str]) -> Decision:
         views = self.replicas.views()
         if self.settings.routing_policy == "round_robin":
             return round_robin(views, next(self._turns))
-        return rank(views, models, affinity_max_queue=self.settings.affinity_max_queue)
+        demand = collections.Counter(model for used in self._recent for model in used)
+        return rank(views, models, affinity_max_queue=self.settings.affinity_max_queue, demand=demand)
+
+    def routed(self, models: set[str]) -> None:
+        """A job using `models` went to a replica (the demand the choice weighs)."""
+        if models:
+            self._recent.append(frozenset(models))
 
     async def wait_for_replica(self, models: set[str], family: Family) -> Decision | web.Response:
         """A non-empty decision, or the answer: 429 when all replicas are full or too much waits, 503 when no
@@ -136,15 +146,17 @@ class Router:
                         replica, request.method, path_qs or str(request.rel_url), headers, body
                     )
                 except Unreachable as error:
-                    replica.settle(token, queued=False, now=self.replicas.clock())
+                    replica.refused(token)
                     self.metrics.failed.labels(reason="unreachable").inc()
                     log.info("%s; trying the next replica", error)
                     continue
-                replica.settle(token, queued=upstream.status in (201, 202), now=self.replicas.clock())
                 if upstream.status in RETRIED_STATUSES and resendable:
+                    replica.refused(token)
                     refused = (upstream.status, await upstream.read(), dict(upstream.headers))
                     upstream.release()
                     continue
+                replica.settle(token, queued=upstream.status in (201, 202), now=self.replicas.clock())
+                self.routed(models)
                 self.metrics.decisions.labels(reason=chosen.reason).inc()
                 return await self.forwarder.relay(request, replica, upstream)
             except ReplicaGone as error:

@@ -50,7 +50,7 @@ class RouterSettings(ApiSettings):
         "Service's behaviour; for comparisons).",
     )
     affinity_max_queue: int = Field(
-        2,
+        3,
         ge=0,
         le=10000,
         description="Longest queue (per ComfyUI of the replica) at which a replica that holds a job's models "

@@ -93,3 +93,22 @@ def test_saturated_only_when_serving_replicas_are_all_full() -> None:
     assert not saturated([full, replica("free")])
     assert not saturated([])  # nothing runs: hold, do not refuse
     assert not saturated([replica("starting", ready=False, comfyuis_up=0)])
+
+
+def test_a_job_no_replica_holds_pushes_out_the_least_demanded_model_of_a_free_replica() -> None:
+    hot, cold = "checkpoints/hot.safetensors", "checkpoints/cold.safetensors"
+    demand = {hot: 40, cold: 3}
+    replicas = [
+        replica("hot-home", queue_depth=0, loaded=frozenset({hot})),
+        replica("cold-home", queue_depth=1, loaded=frozenset({cold})),
+        replica("far", queue_depth=5),
+    ]
+    decision = rank(replicas, {B}, affinity_max_queue=3, demand=demand)
+    assert decision.order == ("cold-home", "hot-home", "far")
+    assert decision.reason == "least_loaded"
+    # a busy model held twice costs nothing to push out of one of its replicas
+    twice = [*replicas, replica("hot-too", queue_depth=1, loaded=frozenset({hot}))]
+    assert rank(twice, {B}, affinity_max_queue=3, demand=demand).order[0] == "hot-home"
+    # behind a queue only its length counts
+    busy = [replica("cold-home", queue_depth=3, loaded=frozenset({cold})), replica("idle", queue_depth=2)]
+    assert rank(busy, {B}, affinity_max_queue=3, demand=demand).order[0] == "idle"

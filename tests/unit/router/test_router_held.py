@@ -184,3 +184,15 @@ def test_the_instance_activity_counts_each_held_job_once_over_the_routers() -> N
     assert report.idle_seconds == 0
     assert report.routers == 2
     assert report.replicas_ready == 1
+
+
+def test_a_replica_with_one_comfyui_holds_what_the_last_job_sent_there_loads() -> None:
+    replica = Replica("r", "http://r")
+    replica.reported(placement(0, ["checkpoints/a"]), asked_at=0.0, now=0.1)
+    token = replica.dispatched({"checkpoints/b"}, now=1.0)
+    assert replica.view().loaded == frozenset({"checkpoints/b"})  # a is pushed out once b has run
+    replica.refused(token)  # b never reached it: a is still there
+    assert replica.view().loaded == frozenset({"checkpoints/a"})
+    replica.dispatched({"checkpoints/b"}, now=2.0)
+    replica.reported(placement(1, ["checkpoints/a"]), asked_at=2.5, now=2.6)  # a running, b queued
+    assert replica.view().loaded == frozenset({"checkpoints/b"})

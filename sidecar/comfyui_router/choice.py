@@ -26,8 +26,8 @@ from comfyui_sidecar.placement import held_models
 
 Reason = Literal["affinity", "least_loaded", "round_robin", "none"]
 SPARE_QUEUE = 1
-"""A replica with at most this many jobs per ComfyUI (the running one) counts as free: a job that must load its
-models anyway goes to a free one, the one whose models it pushes out are least in demand."""
+"""A replica with at most this many jobs per ComfyUI (the running one) counts as free: a job that must load
+its models anyway goes to a free one, the one whose models it pushes out are least in demand."""
 
 
 @dataclass(frozen=True)

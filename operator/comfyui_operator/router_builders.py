@@ -87,9 +87,11 @@ def router_env(
         {"name": "SHUTDOWN_GRACE_PERIOD_S", "value": str(builders.drain_wait_seconds(spec))},
         {"name": "DRAIN_DELAY_S", "value": str(builders.DRAIN_DELAY_SECONDS)},
         {"name": "LOG_LEVEL", "value": spec.sidecar.log_level},
+        {"name": "LOG_FORMAT", "value": "json"},
     ]
     shared = [entry for entry in builders._env(spec.sidecar.env) if entry["name"] in SHARED_SIDECAR_ENV]
-    return [*env, *builders.access_env(spec), *shared]
+    by_name = {entry["name"]: entry for entry in [*env, *builders.access_env(spec), *shared]}  # later wins
+    return list(by_name.values())
 
 
 def build_router_deployment(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 from comfyui_sidecar.listen import listening_socket
+from comfyui_sidecar.logs import setup_logging
 from pydantic import ValidationError
 
 from comfyui_router.app import STATE_KEY, create_app
@@ -74,9 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             field = ".".join(str(part) for part in item["loc"]).upper()
             print(f"comfyui-router: invalid setting {field}: {item['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format, "router")
     return asyncio.run(serve(settings))
 
 

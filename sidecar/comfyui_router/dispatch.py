@@ -18,6 +18,7 @@ from typing import Any
 from comfyui_sidecar.cluster.claims import digest, ranked
 from comfyui_sidecar.cluster.client import PeerClient, PeerUnreachable
 from comfyui_sidecar.cluster.peers import Peers
+from comfyui_sidecar.logs import job_scope
 from comfyui_sidecar.v2 import ids
 
 from comfyui_router.held import LABEL, HeldJob, HeldStore
@@ -140,7 +141,7 @@ class Dispatcher:
                 replica.dispatched(set(job.models), self.replicas.clock())
                 self.router.routed(set(job.models))
                 self.router.metrics.decisions.labels(reason=decision.reason).inc()
-                log.info("held job %s runs on replica %s as %s", job.id, name, body["id"])
+                log.info("held job runs on replica %s as %s", name, body["id"])
                 await self.change(self._dispatched(current, str(body["id"]), now))
                 return True
             if status in (429, 503) or status >= 500:
@@ -151,7 +152,7 @@ class Dispatcher:
                 if real is not None:
                     await self.change(self._dispatched(current, real, now))
                     return True
-            log.info("held job %s refused by replica %s: %s", job.id, name, error)
+            log.info("held job refused by replica %s: %s", name, error)
             await self.change(current.model_copy(update={"status": "failed", "error": error, "updated": now}))
             return True
         return False
@@ -164,10 +165,15 @@ class Dispatcher:
         if self.store.held():
             await self._refresh_alive()
         for failed in self.store.expire(time.time()):
-            log.info("held job %s: %s", failed.id, (failed.error or {}).get("message"))
+            with job_scope(failed.id):
+                log.info("held job failed: %s", (failed.error or {}).get("message"))
             await self.sync.publish(failed)
         for job in self.store.held():
-            if self.mine(job) and not await self.dispatch(job):
+            if not self.mine(job):
+                continue
+            with job_scope(job.id):
+                dispatched = await self.dispatch(job)
+            if not dispatched:
                 break  # no replica takes jobs now: the rest wait too
         self.router.metrics.held.set(len(self.store.held()))
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from comfyui_sidecar import request_body
 from comfyui_sidecar.app import body_error_response
+from comfyui_sidecar.logs import bind_job
 from comfyui_sidecar.placement import workflow_models
 from comfyui_sidecar.request_body import BodyError
 
@@ -62,6 +63,8 @@ class ApiRoutes:
         nodes = data.get("prompt") if isinstance(data, dict) else None
         models = workflow_models(nodes) if isinstance(nodes, dict) else set()
         prompt_id = data.get("id") if isinstance(data, dict) else None
+        if isinstance(prompt_id, str) and prompt_id:
+            bind_job(prompt_id)
         return await self.router.send(
             request,
             "api",

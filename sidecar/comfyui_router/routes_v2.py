@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from comfyui_sidecar import request_body
+from comfyui_sidecar.logs import bind_job
 from comfyui_sidecar.placement import workflow_models
 from comfyui_sidecar.request_body import BodyError
 from comfyui_sidecar.v2 import ids, schemas
@@ -31,6 +33,7 @@ from comfyui_router.dispatch import Dispatcher
 from comfyui_router.held import HeldFull, HeldJob, render, rewriter, status_event
 from comfyui_router.routing import Router, json_bytes
 
+log = logging.getLogger(__name__)
 API = "/api/v2"
 _BODY_CODES = {408: "request_timeout", 413: "payload_too_large"}
 
@@ -125,6 +128,8 @@ class V2Routes:
             size=size,
         )
         self.router.activity.touch()
+        bind_job(job.id)
+        log.info("no replica is ready: job held (%d held)", len(self.router.held.held()) + 1)
         await self.dispatcher.change(job)
         self.dispatcher.wake.set()
         stored = self.router.held.get(job.id) or job
@@ -138,6 +143,7 @@ class V2Routes:
     # ---- one job ------------------------------------------------------------------------------------------
     async def job(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
+        bind_job(job_id)
         action = request.match_info.get("action", "")
         held = self.router.held.get(job_id)
         if held is not None and held.status == "dispatched" and held.real_id:

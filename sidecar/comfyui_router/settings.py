@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from comfyui_sidecar.logs import LogFormat
 from comfyui_sidecar.request_body import BodyLimits
 from comfyui_sidecar.v2.settings import ApiSettings, parse_peers
 from pydantic import Field, field_validator
@@ -88,6 +89,11 @@ class RouterSettings(ApiSettings):
         5.0, ge=0, description="On SIGTERM, seconds /ready is 503 while requests are still taken."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: LogFormat = Field(
+        "text",
+        description="json: one JSON object per line, with the id of the job being handled (the operator sets "
+        "it); text: lines for a terminal.",
+    )
 
     @field_validator("replicas")
     @classmethod

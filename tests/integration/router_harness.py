@@ -3,7 +3,6 @@
 `run_router(replicas)` starts a comfyui-router in this event loop that routes to the given replicas (static
 REPLICAS list, names as the sidecars' PEER_NAME). `Relay` is a TCP relay that can be frozen: the replica
 behind it then neither answers nor closes its connections, as a pod on a node that vanished.
-`fake_placement` serves GET /internal/placement on a sidecar until the real endpoint lands on main.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ import aiohttp
 from aiohttp import web
 from comfyui_router.app import create_app
 from comfyui_router.settings import RouterSettings
-from comfyui_sidecar.app import COMFY_KEY, SETTINGS_KEY, STATE_KEY, is_ready, queue_depth
-from comfyui_sidecar.placement import workflow_models
 from comfyui_standin.models import safetensors_bytes
 from comfyui_standin.testing import run_standin
 from sidecar_harness import HOST, sidecar_settings, wait_until
@@ -133,62 +130,6 @@ async def until_loaded(replica: Replica, model: str, timeout_s: float = 10.0) ->
         await wait_until(loaded, timeout_s=timeout_s, interval_s=0.05)
 
 
-# ---- a stand-in for GET /internal/placement until the sidecar serves it (the multi-gpu branch) ------------
-class _LoadedModels:
-    """Which models the stand-in holds: those of the prompt it started last (ComfyUI's classic cache)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.models_of: dict[str, list[str]] = {}
-        self.loaded: list[str] = []
-
-    def sending(self, prompt_id: str, prompt: Mapping[str, Any]) -> None:
-        self.models_of[prompt_id] = sorted(workflow_models(prompt))
-        self.inner.sending(prompt_id, prompt)
-
-    def event(self, kind: str, data: Mapping[str, Any]) -> None:
-        if kind == "execution_start":
-            self.loaded = self.models_of.pop(str(data.get("prompt_id")), self.loaded)
-        self.inner.event(kind, data)
-
-
-_LOADED = web.AppKey("fake_loaded", _LoadedModels)
-
-
-def fake_placement(app: web.Application) -> None:
-    async def track(app: web.Application) -> None:
-        comfy = app[COMFY_KEY]
-        app[_LOADED] = _LoadedModels(comfy._observer)
-        comfy._observer = app[_LOADED]
-
-    async def placement(request: web.Request) -> web.Response:
-        app = request.app
-        depth = queue_depth(app)
-        comfy = app[COMFY_KEY]
-        return web.json_response(
-            {
-                "pod": app[SETTINGS_KEY].self_name,
-                "ready": is_ready(app),
-                "draining": app[STATE_KEY].draining,
-                "queue_depth": depth,
-                "max_queue_depth": app[SETTINGS_KEY].max_queue_depth,
-                "comfyuis": [
-                    {
-                        "index": 0,
-                        "up": comfy.connected.is_set(),
-                        "queue_depth": depth,
-                        "loaded_models": app[_LOADED].loaded,
-                    }
-                ],
-                "cached_models": [],
-                "version": 1,
-            }
-        )
-
-    app.on_startup.append(track)
-    app.router.add_get("/internal/placement", placement)
-
-
 # ---- a relay that can be frozen ------------------------------------------------------------------------
 class Relay:
     """127.0.0.1:<port> -> target. `freeze()`: bytes stop flowing both ways, no connection is closed."""
@@ -258,7 +199,7 @@ async def late_replica(
     async with run_standin(base / f"comfy-{name}") as standin:
         values: dict[str, Any] = {"peer_name": name, "peers": f"{name}=http://{HOST}:{port}", "port": port}
         settings = sidecar_settings(standin.url, standin.dirs, **{**values, **overrides})
-        app, runner = await start_sidecar(settings, port, sock, fake_placement)
+        app, runner = await start_sidecar(settings, port, sock)
         try:
             replica = Replica(name, f"http://{HOST}:{port}", app, settings, standin, runner)
             add_models([replica])

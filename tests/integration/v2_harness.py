@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +38,10 @@ class Replica:
 
 
 async def start_sidecar(
-    settings: Settings,
-    port: int,
-    sock: socket.socket | None = None,
-    prepare: Callable[[web.Application], None] | None = None,
+    settings: Settings, port: int, sock: socket.socket | None = None
 ) -> tuple[web.Application, web.AppRunner]:
-    """A sidecar on `port`, or on an already bound `sock` (so no other process can take the port first);
-    `prepare` may add routes or start-up steps before it starts."""
+    """A sidecar on `port`, or on an already bound `sock` (so no other process can take the port first)."""
     app = create_app(settings, fetcher=NoDownloads())
-    if prepare is not None:
-        prepare(app)
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, HOST, port)
@@ -76,13 +70,7 @@ async def wait_ready(url: str) -> None:
 
 @contextlib.asynccontextmanager
 async def replicas(
-    base: Path,
-    count: int = 2,
-    *,
-    exec_delay: float = 0.0,
-    previews: bool = True,
-    prepare: Callable[[web.Application], None] | None = None,
-    **overrides: Any,
+    base: Path, count: int = 2, *, exec_delay: float = 0.0, previews: bool = True, **overrides: Any
 ) -> AsyncIterator[list[Replica]]:
     """`count` sidecars (each with its own stand-in) that are each other's peers."""
     sockets = [bound_socket() for _ in range(count)]
@@ -100,7 +88,7 @@ async def replicas(
             )
             values: dict[str, Any] = {"peer_name": NAMES[index], "peers": peers, "port": port, **overrides}
             settings = sidecar_settings(standin.url, standin.dirs, **values)
-            app, runner = await start_sidecar(settings, port, sockets[index], prepare)
+            app, runner = await start_sidecar(settings, port, sockets[index])
             stack.push_async_callback(runner.cleanup)
             started.append(Replica(NAMES[index], f"http://{HOST}:{port}", app, settings, standin, runner))
         for replica in started:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from comfyui_sidecar.app import JOBS_KEY
-from router_harness import Relay, add_models, fake_placement, run_router, txt2img, until_loaded
+from router_harness import Relay, add_models, run_router, txt2img, until_loaded
 from sidecar_harness import wait_until
 from v2_harness import Replica, replicas
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def three(tmp_path: Path) -> AsyncIterator[list[Replica]]:
-    async with replicas(tmp_path, 3, previews=False, prepare=fake_placement) as started:
+    async with replicas(tmp_path, 3, previews=False) as started:
         add_models(started)
         yield started
 

@@ -5,6 +5,9 @@ restart and across two routers; the bound on held jobs; a sync comfyui-api promp
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from comfy_sdk import AsyncComfy, StatusChange
+from comfyui_sidecar.logs import make_handler
 from comfyui_sidecar.v2 import ids
-from router_harness import add_models, fake_placement, late_replica, run_router, txt2img
+from router_harness import add_models, late_replica, run_router, txt2img
 from sidecar_harness import wait_until
 from v2_harness import Replica, bound_socket, pixel, replicas, sdk_env, slow_image, until_running
 
@@ -24,7 +28,7 @@ KEY = b"comfyui-sidecar"  # the fixed ID_KEY of sidecars and routers without one
 
 @pytest.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[list[Replica]]:
-    async with replicas(tmp_path, 2, prepare=fake_placement) as started:
+    async with replicas(tmp_path, 2) as started:
         add_models(started)
         yield started
 
@@ -240,3 +244,30 @@ async def test_a_sync_prompt_that_waits_too_long_gets_503(tmp_path: Path) -> Non
             body = await response.json()
         assert body["status"] == "failed"
         assert body["error"]["code"] == "no_replica_ready"
+
+
+async def test_every_log_line_of_a_held_job_carries_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = io.StringIO()
+    handler = make_handler("json", "router", stream)
+    router_log = logging.getLogger("comfyui_router")
+    router_log.addHandler(handler)
+    router_log.setLevel(logging.INFO)
+    sock = bound_socket()
+    try:
+        async with run_router({"a": f"http://127.0.0.1:{sock.getsockname()[1]}"}) as router:
+            client = sdk(monkeypatch, router.url)
+            try:
+                held = await client.submit(client.workflows.from_json(txt2img("a.safetensors", 4)))
+                async with late_replica(tmp_path, "a", sock):
+                    await held.result()
+            finally:
+                await client.aclose()
+    finally:
+        router_log.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    about = [line for line in lines if "held" in line["message"]]
+    assert len(about) >= 2, lines  # held, then run on the replica
+    assert {line.get("job_id") for line in about} == {held.id}
+    assert {line["component"] for line in about} == {"router"}

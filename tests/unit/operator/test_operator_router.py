@@ -62,7 +62,13 @@ def test_the_router_is_configured_from_the_spec_and_reads_its_settings() -> None
         "replicas": 2,
         "routing": {"replicas": 3, "affinityMaxQueue": 4, "maxHeldJobs": 7, "holdTimeoutSeconds": 90},
         "api": {"auth": {"tokenSecretRef": {"name": "tok"}}, "publicBaseUrl": "https://x.example/c"},
-        "sidecar": {"env": [{"name": "MAX_BODY_SIZE_MB", "value": "300"}, {"name": "OTHER", "value": "x"}]},
+        "sidecar": {
+            "env": [
+                {"name": "MAX_BODY_SIZE_MB", "value": "300"},
+                {"name": "OTHER", "value": "x"},
+                {"name": "LOG_FORMAT", "value": "text"},
+            ]
+        },
     }
     deployment = _objects(spec)[("Deployment", "demo-router")]
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -77,6 +83,8 @@ def test_the_router_is_configured_from_the_spec_and_reads_its_settings() -> None
     )
     assert literal["MAX_BODY_SIZE_MB"] == "300"
     assert "OTHER" not in literal
+    assert literal["LOG_FORMAT"] == "text"  # the user's value, once (server-side apply refuses duplicates)
+    assert len({e["name"] for e in env}) == len(env)
     assert {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "token"}}} in env
     assert deployment["spec"]["replicas"] == 3
     settings = RouterSettings(**{k.lower(): v for k, v in literal.items()})

@@ -116,6 +116,9 @@ def register(
         else:
             periodic.add(namespace, name)
             scaler.track(namespace, name, _parsed((event.get("object") or {}).get("spec")))
+            # Started here, not at startup: its task inherits a watch handler's context, where kopf can post
+            # Events (the ScaledToZero / ScaledUp ones).
+            scaler.start()
 
     @kopf.on.event(
         "apps", "v1", "deployments", id="deployment_changed", labels=MANAGED_LABELS, registry=registry
@@ -150,7 +153,6 @@ def register(
     @kopf.on.startup(id="start_periodic_refresh", registry=registry)
     async def start_periodic_refresh(**_: Any) -> None:
         periodic.start()
-        scaler.start()
 
     @kopf.on.cleanup(id="stop_refresher", registry=registry)
     async def stop_refresher(**_: Any) -> None:

@@ -207,8 +207,8 @@ class ScaleToZero:
         self._scaled[key] = wanted
         reason = "ScaledToZero" if wanted else "ScaledUp"
         logger.info("%s/%s: %s: %s", namespace, name, reason, new["message"])
-        self.post_event(body, "Normal", reason, str(new["message"]))
         await reconcile({**body, "status": {**(body.get("status") or {}), "scaling": new}})
+        self.post_event(body, "Normal", reason, str(new["message"]))
 
     async def close(self) -> None:
         if self._session is not None:

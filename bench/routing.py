@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 from comfyui_standin.models import safetensors_bytes
-from comfyui_standin.testing import StandinProcess, free_port
+from comfyui_standin.testing import StandinProcess, free_port, txt2img
 
 HOST = "127.0.0.1"
 REPLICAS = 4
@@ -49,27 +49,7 @@ REQUEST_TIMEOUT_S = 600
 
 
 def workflow(model: str, seed: int, run_s: float) -> dict[str, Any]:
-    sampler = {
-        "model": ["1", 0],
-        "seed": seed,
-        "steps": 1,
-        "cfg": 7.0,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "positive": ["2", 0],
-        "negative": ["2", 0],
-        "latent_image": ["3", 0],
-        "denoise": 1.0,
-    }
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a bench", "clip": ["1", 1]}},
-        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
-        "4": {"class_type": "KSampler", "inputs": sampler},
-        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "StandinSleep", "inputs": {"image": ["5", 0], "seconds": run_s, "steps": 1}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "bench"}},
-    }
+    return txt2img(model, seed, sleep_s=run_s, prefix="bench")
 
 
 @dataclass

@@ -177,6 +177,17 @@ def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
+def pod_security(security: api.PodSecurity) -> dict[str, Any]:
+    """The pod's securityContext: non-root with the spec's user and groups, seccomp RuntimeDefault."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": security.run_as_user,
+        "runAsGroup": security.run_as_group,
+        "fsGroup": security.fs_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _container_security(read_only_root: bool) -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
@@ -542,13 +553,7 @@ def build_pod_spec(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": security.run_as_user,
-            "runAsGroup": security.run_as_group,
-            "fsGroup": security.fs_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(security),
         # The sidecar is a native sidecar (restartable init container): it listens before ComfyUI starts (so
         # ComfyUI can be probed through it) and is stopped only after ComfyUI, whose preStop hook drains it.
         "initContainers": [build_sidecar_container(instance, spec, settings)],

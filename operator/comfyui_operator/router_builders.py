@@ -98,7 +98,6 @@ def build_router_deployment(
     instance: builders.InstanceRef, spec: api.ComfyUIInstanceSpec, settings: OperatorSettings
 ) -> dict[str, Any]:
     routing = spec.routing or api.Routing()
-    security = spec.security_context
     resources = builders._resources(routing.resources) if routing.resources else DEFAULT_RESOURCES
     container = {
         "name": ROUTER_CONTAINER,
@@ -118,13 +117,7 @@ def build_router_deployment(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": builders.termination_grace_seconds(spec),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": security.run_as_user,
-            "runAsGroup": security.run_as_group,
-            "fsGroup": security.fs_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": builders.pod_security(spec.security_context),
         "affinity": {
             "podAntiAffinity": {
                 "preferredDuringSchedulingIgnoredDuringExecution": [

@@ -81,39 +81,6 @@ def add_models(replicas: list[Replica], names: tuple[str, ...] = MODELS) -> None
             (folder / name).write_bytes(safetensors_bytes())
 
 
-def txt2img(model: str, seed: int = 1, *, sleep_s: float = 0.0, prefix: str = "r") -> dict[str, Any]:
-    """Checkpoint -> text -> KSampler -> decode (-> StandinSleep) -> SaveImage."""
-    prompt: dict[str, Any] = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
-        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
-        "4": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "seed": seed,
-                "steps": 2,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["2", 0],
-                "negative": ["2", 0],
-                "latent_image": ["3", 0],
-                "denoise": 1.0,
-            },
-        },
-        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}},
-    }
-    if sleep_s:
-        prompt["7"] = {
-            "class_type": "StandinSleep",
-            "inputs": {"image": ["5", 0], "seconds": sleep_s, "steps": 4},
-        }
-        prompt["6"]["inputs"]["images"] = ["7", 0]
-    return prompt
-
-
 async def placement_of(session: aiohttp.ClientSession, replica: Replica) -> dict[str, Any]:
     async with session.get(f"{replica.url}/internal/placement") as response:
         body: dict[str, Any] = await response.json()

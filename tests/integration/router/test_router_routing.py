@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from comfyui_sidecar.app import JOBS_KEY
-from router_harness import Relay, add_models, run_router, txt2img, until_loaded
+from comfyui_standin.testing import txt2img
+from router_harness import Relay, add_models, run_router, until_loaded
 from sidecar_harness import wait_until
 from v2_harness import Replica, replicas
 

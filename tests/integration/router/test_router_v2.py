@@ -17,7 +17,8 @@ import pytest
 from comfy_sdk import AsyncComfy, StatusChange
 from comfyui_sidecar.logs import make_handler
 from comfyui_sidecar.v2 import ids
-from router_harness import add_models, late_replica, run_router, txt2img
+from comfyui_standin.testing import txt2img
+from router_harness import add_models, late_replica, run_router
 from sidecar_harness import wait_until
 from v2_harness import Replica, bound_socket, pixel, replicas, sdk_env, slow_image, until_running
 

@@ -359,6 +359,8 @@ class Reconciler:
         )
         previous = dict(body.get("status") or {})
         new = status.derive_status(observed, previous, self.clock(), _images(deployment))
+        if previous.get("scaling") and (spec is None or spec.scaling is None):
+            new["scaling"] = None  # spec.scaling was removed: so is its status (a merge patch deletes it)
         if status.status_changed(previous, new):
             await self.kube.patch_status(instance.namespace, instance.name, new)
             metrics.STATUS_WRITES_TOTAL.inc()

@@ -209,6 +209,12 @@ async def test_idle_then_a_held_job_scales_to_zero_and_back(router_activity: dic
     assert kube.objects[("Deployment", "ns", "demo")]["spec"]["replicas"] == 3
     assert current(kube)["status"]["scaling"]["scaledToZero"] is False
     assert events[-1] == ("Normal", "ScaledUp")
+
+    body = current(kube)
+    del body["spec"]["scaling"]
+    store(kube, body)
+    await restarted.reconcile(current(kube))
+    assert current(kube)["status"]["scaling"] is None  # removed with spec.scaling (null in the merge patch)
     await reconciler.close()
     await restarted.close()
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from comfyui_standin.testing import StandinProcess, free_port
+from comfyui_standin.testing import StandinProcess, free_port, sidecar_env
 
 HOST = "127.0.0.1"
 
@@ -48,20 +48,15 @@ async def cluster(tmp: Path) -> AsyncIterator[tuple[list[str], list[int]]]:
         urls, pids = [], []
         for name, port in zip("ab", ports, strict=True):
             comfy = await stack.enter_async_context(StandinProcess(tmp / f"comfy-{name}"))
-            env = {
-                **os.environ,
-                "PORT": str(port),
-                "HOST": HOST,
-                "COMFYUI_URL": comfy.url,
-                "COMFY_HOME": str(comfy.dirs.base),
-                "INPUT_DIR": str(comfy.dirs.input),
-                "OUTPUT_DIR": str(comfy.dirs.output),
-                "TEMP_DIR": str(comfy.dirs.temp),
-                "CACHE_DIR": str(tmp / f"cache-{name}"),
-                "LOG_LEVEL": "warn",
-                "PEER_NAME": name,
-                "PEERS": peers,
-            }
+            env = sidecar_env(
+                comfy.url,
+                comfy.dirs,
+                port,
+                tmp / f"cache-{name}",
+                LOG_LEVEL="warn",
+                PEER_NAME=name,
+                PEERS=peers,
+            )
             process = await asyncio.create_subprocess_exec(sys.executable, "-m", "comfyui_sidecar", env=env)
             stack.push_async_callback(stop, process)
             urls.append(f"http://{HOST}:{port}")

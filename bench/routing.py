@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 from comfyui_standin.models import safetensors_bytes
-from comfyui_standin.testing import StandinProcess, free_port, txt2img
+from comfyui_standin.testing import StandinProcess, free_port, sidecar_env, txt2img
 
 HOST = "127.0.0.1"
 REPLICAS = 4
@@ -96,21 +96,16 @@ async def instance(
             checkpoints.mkdir(parents=True, exist_ok=True)
             for model in MODELS:
                 (checkpoints / model).write_bytes(safetensors_bytes())
-            env = {
-                **os.environ,
-                "PORT": str(ports[name]),
-                "HOST": HOST,
-                "COMFYUI_URL": comfy.url,
-                "COMFY_HOME": str(comfy.dirs.base),
-                "MODEL_DIR": str(comfy.dirs.models),
-                "INPUT_DIR": str(comfy.dirs.input),
-                "OUTPUT_DIR": str(comfy.dirs.output),
-                "TEMP_DIR": str(comfy.dirs.temp),
-                "CACHE_DIR": str(tmp / f"cache-{name}"),
-                "LOG_LEVEL": "warn",
-                "PEER_NAME": name,
-                "PEERS": peers,
-            }
+            env = sidecar_env(
+                comfy.url,
+                comfy.dirs,
+                ports[name],
+                tmp / f"cache-{name}",
+                MODEL_DIR=str(comfy.dirs.models),
+                LOG_LEVEL="warn",
+                PEER_NAME=name,
+                PEERS=peers,
+            )
             await stack.enter_async_context(_process("comfyui_sidecar", env))
         router_port = free_port()
         router_env = {

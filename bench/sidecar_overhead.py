@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from comfyui_standin.testing import StandinProcess, free_port
+from comfyui_standin.testing import StandinProcess, free_port, sidecar_env
 
 HOST = "127.0.0.1"
 
@@ -272,18 +271,7 @@ async def main(quick: bool, prompts: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with StandinProcess(Path(tmp) / "comfy") as comfy:
             port = free_port()
-            env = {
-                **os.environ,
-                "PORT": str(port),
-                "HOST": HOST,
-                "COMFYUI_URL": comfy.url,
-                "COMFY_HOME": str(comfy.dirs.base),
-                "INPUT_DIR": str(comfy.dirs.input),
-                "OUTPUT_DIR": str(comfy.dirs.output),
-                "TEMP_DIR": str(comfy.dirs.temp),
-                "LOG_LEVEL": "warn",
-                "CACHE_DIR": str(Path(tmp) / "cache"),
-            }
+            env = sidecar_env(comfy.url, comfy.dirs, port, Path(tmp) / "cache", LOG_LEVEL="warn")
             sidecar = await asyncio.create_subprocess_exec(sys.executable, "-m", "comfyui_sidecar", env=env)
             url = f"http://{HOST}:{port}"
             connector = aiohttp.TCPConnector(limit=128)

@@ -246,6 +246,25 @@ class StandinProcess:
 # ---------------------------------------------------------------- fixtures for test data
 
 
+def sidecar_env(
+    comfy_url: str, dirs: StandinDirs, port: int, cache_dir: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a `comfyui-sidecar` on 127.0.0.1:`port` in front of the stand-in at `comfy_url`
+    (sharing its directories, as in a pod), over this process's environment; `extra` adds or overrides."""
+    return {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": HOST,
+        "COMFYUI_URL": comfy_url,
+        "COMFY_HOME": str(dirs.base),
+        "INPUT_DIR": str(dirs.input),
+        "OUTPUT_DIR": str(dirs.output),
+        "TEMP_DIR": str(dirs.temp),
+        "CACHE_DIR": str(cache_dir),
+        **extra,
+    }
+
+
 def write_png(
     path: Path, size: tuple[int, int] = (16, 16), color: tuple[int, int, int] = (200, 30, 30)
 ) -> Path:

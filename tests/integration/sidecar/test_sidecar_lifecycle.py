@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -14,7 +13,7 @@ import aiohttp
 import pytest
 from comfyui_sidecar.app import LIFECYCLE_KEY, build_fetcher
 from comfyui_sidecar.settings import Settings
-from comfyui_standin.testing import RunningStandin, free_port
+from comfyui_standin.testing import RunningStandin, free_port, sidecar_env
 from sidecar_harness import empty_image_prompt, run_sidecar, sidecar_settings, wait_until
 
 
@@ -100,18 +99,9 @@ async def test_sigterm_finishes_in_flight_prompts_then_exits(
     standin: RunningStandin, http: aiohttp.ClientSession
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "COMFYUI_URL": standin.url,
-        "INPUT_DIR": str(standin.dirs.input),
-        "OUTPUT_DIR": str(standin.dirs.output),
-        "TEMP_DIR": str(standin.dirs.temp),
-        "COMFY_HOME": str(standin.dirs.base),
-        "SHUTDOWN_GRACE_PERIOD_S": "20",
-        "CACHE_DIR": str(standin.dirs.base / "cache"),
-    }
+    env = sidecar_env(
+        standin.url, standin.dirs, port, standin.dirs.base / "cache", SHUTDOWN_GRACE_PERIOD_S="20"
+    )
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "comfyui_sidecar", env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -649,7 +649,7 @@ async def _startup(app: web.Application, start_lifecycle: bool) -> None:
         service=service,
         metrics=app_metrics,
         state=state,
-        session=comfy_session,
+        fetch=app[EGRESS_KEY].download,
         on_fatal=fatal,
     )
     app[LIFECYCLE_KEY] = lifecycle

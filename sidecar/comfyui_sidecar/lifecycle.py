@@ -19,6 +19,8 @@ import aiohttp
 
 from comfyui_sidecar.comfy_client import ComfyError, ComfyRejected
 from comfyui_sidecar.comfy_pool import ComfyPool, Member
+from comfyui_sidecar.egress.client import EgressClient, EgressError, read_capped
+from comfyui_sidecar.egress.urls import parse_url
 from comfyui_sidecar.logs import job_scope
 from comfyui_sidecar.metrics import Metrics
 from comfyui_sidecar.model_paths import write_model_paths
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 WARMUP_ATTEMPTS = 3
 WARMUP_BACKOFF_S = 1.0
 WARMUP_FETCH_TIMEOUT_S = 60.0
+WARMUP_MAX_BYTES = 64 << 20
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Lifecycle:
         service: PromptService,
         metrics: Metrics,
         state: State,
-        session: aiohttp.ClientSession,
+        fetch: EgressClient,
         on_fatal: Callable[[int], None],
     ) -> None:
         self.settings = settings
@@ -92,7 +95,8 @@ class Lifecycle:
         self.service = service
         self.metrics = metrics
         self.state = state
-        self.session = session
+        self.fetch = fetch
+        """Where WARMUP_PROMPT_URL is read from: the download client, under the egress policy."""
         self.on_fatal = on_fatal
         self.process: asyncio.subprocess.Process | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -144,8 +148,8 @@ class Lifecycle:
     async def _startup(self) -> None:
         try:
             self._warmup_prompt = await self._load_warmup()
-        except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as error:
-            log.error("cannot load the warmup prompt: %s", error)
+        except (OSError, ValueError, EgressError, TimeoutError) as error:
+            log.error("cannot load the warmup prompt: %s", getattr(error, "message", error))
             self.state.healthy = False
             return
         if self.settings.sidecar_mode == "supervise":
@@ -190,11 +194,13 @@ class Lifecycle:
             if settings.http_auth_header_name and settings.http_auth_header_value:
                 headers[settings.http_auth_header_name] = settings.http_auth_header_value.get_secret_value()
             timeout = aiohttp.ClientTimeout(total=WARMUP_FETCH_TIMEOUT_S)
-            async with self.session.get(
-                settings.warmup_prompt_url, headers=headers, timeout=timeout
+            url = parse_url(settings.warmup_prompt_url)
+            async with self.fetch.request(
+                "GET", url, headers=headers, deadline=timeout, follow_redirects=True
             ) as response:
-                response.raise_for_status()
-                data = json.loads(await response.read())
+                if response.status != 200:
+                    raise EgressError(f"GET {url.redacted} answered HTTP {response.status}")
+                data = json.loads(await read_capped(response, WARMUP_MAX_BYTES))
         else:
             return None
         if isinstance(data, dict) and isinstance(data.get("prompt"), dict):

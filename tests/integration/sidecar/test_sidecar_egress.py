@@ -305,3 +305,24 @@ async def test_loopback_is_refused_by_default_and_receivers_are_reached_when_a_s
             )
             assert status == 400
             assert "DOWNLOAD_ALLOW_NETWORKS" in body["error"]
+
+
+@pytest.mark.parametrize("where", ["comfyui", "redirect to comfyui", "loopback, not allowed"])
+async def test_the_warmup_prompt_url_is_fetched_under_the_download_policy(
+    comfy: RunningStandin, spy: Spy, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WARMUP_PROMPT_URL goes through the download client: a refused one never ready, /health 500."""
+    own = f"{comfy.url}/prompt"
+    url = {"comfyui": own, "redirect to comfyui": spy.redirect_to(own)}.get(where, f"{spy.url}/warmup.json")
+    allow = [] if where.startswith("loopback") else ["127.0.0.1/32"]
+    settings = sidecar_settings(comfy.url, comfy.dirs, warmup_prompt_url=url, download_allow_networks=allow)
+    with caplog.at_level("ERROR", logger="comfyui_sidecar.lifecycle"):
+        async with run_sidecar(settings, wait_ready=False) as sc, aiohttp.ClientSession() as http:
+            await wait_until(lambda: "cannot load the warmup prompt" in caplog.text)
+            async with http.get(f"{sc.url}/health") as answer:
+                assert answer.status == 500
+            async with http.get(f"{sc.url}/ready") as answer:
+                assert answer.status == 503
+    assert "cannot load the warmup prompt: " in caplog.text
+    assert ("loopback" if where.startswith("loopback") else "ComfyUI's own address") in caplog.text
+    assert spy.hits == (["/redirect"] if where.startswith("redirect") else [])

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from comfyui_sidecar import request_body
-from comfyui_sidecar.app import body_error_response
 from comfyui_sidecar.logs import bind_job
 from comfyui_sidecar.placement import workflow_models
 from comfyui_sidecar.request_body import BodyError
+from comfyui_sidecar.responses import body_error_response
 
 from comfyui_router.replicas import Replica
 from comfyui_router.routing import Router

@@ -11,12 +11,10 @@ Wiring of the cache and outbound requests:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from http import HTTPStatus
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
@@ -24,9 +22,8 @@ import yaml
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from pydantic import BaseModel, ValidationError
 
-from comfyui_sidecar import auth, jsonbody, request_body
+from comfyui_sidecar import auth, request_body
 from comfyui_sidecar.cache import ModelCache
 from comfyui_sidecar.cache.manifest import ManifestPreload
 from comfyui_sidecar.cache.routes import download_routes
@@ -53,7 +50,17 @@ from comfyui_sidecar.models import (
 )
 from comfyui_sidecar.openapi import Operation, build_openapi, docs_page, documented
 from comfyui_sidecar.prompt_flow import PrepareError, PromptService, echo, is_async
-from comfyui_sidecar.request_body import BODY_LIMITS_KEY, BodyError, ClientAborted
+from comfyui_sidecar.request_body import BODY_LIMITS_KEY, ClientAborted
+from comfyui_sidecar.responses import (
+    bad_request,
+    fastify_error_plain,
+    files_json_response,
+    json_response,
+    read_json,
+    read_object,
+    server_error,
+    validate,
+)
 from comfyui_sidecar.settings import Settings
 from comfyui_sidecar.system_events import SystemEvents, metadata_from, parse_events
 from comfyui_sidecar.uploads import Uploader, UploadError
@@ -118,113 +125,6 @@ def build_fetcher(settings: Settings, egress: Egress | None = None) -> Fetcher:
         egress=egress or build_egress(settings),
         close_egress=egress is None,
     )
-
-
-# ---- responses --------------------------------------------------------------------------------
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-        status=status,
-        content_type="application/json",
-        charset="utf-8",
-    )
-
-
-async def files_json_response(request: web.Request, body: dict[str, Any], status: int) -> web.StreamResponse:
-    """A body with base64 files, streamed slice by slice so the event loop keeps answering /health."""
-    if jsonbody.encoded_size(body) <= jsonbody.SLICE:
-        return web.Response(
-            body=jsonbody.encode_small(body), status=status, content_type="application/json", charset="utf-8"
-        )
-    parts = jsonbody.plan(body)
-    response = web.StreamResponse(status=status)
-    response.content_type = "application/json"
-    response.charset = "utf-8"
-    response.content_length = jsonbody.plan_size(parts)
-    await response.prepare(request)
-    async for piece in jsonbody.iter_plan(parts):
-        await response.write(piece)
-    await response.write_eof()
-    return response
-
-
-def bad_request(message: str, location: str | None = None, **extra: Any) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if location is not None:
-        body["location"] = location
-    body.update(extra)
-    return json_response(body, 400)
-
-
-def server_error(status: int, message: str, comfy_error: dict[str, Any] | None = None) -> web.Response:
-    body: dict[str, Any] = {"statusCode": status, "error": _status_reason(status), "message": message}
-    if comfy_error:
-        body["comfy_error"] = comfy_error
-    return json_response(body, status)
-
-
-def _status_reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def _fastify_error(status: int, code: str, message: str) -> web.Response:
-    return json_response(
-        {"statusCode": status, "code": code, "error": _status_reason(status), "message": message}, status
-    )
-
-
-def validation_message(error: ValidationError) -> tuple[str, str]:
-    """(error text, location) for the first few schema errors."""
-    parts = []
-    location = ""
-    for index, item in enumerate(error.errors(include_url=False)[:3]):
-        loc = ".".join(str(p) for p in item["loc"])
-        if index == 0:
-            location = loc or "body"
-        parts.append(f"{loc or 'body'}: {item['msg']}")
-    return "Bad Request: " + "; ".join(parts), location
-
-
-_FASTIFY_CODES = {
-    408: "FST_ERR_REQUEST_TIMEOUT",
-    413: "FST_ERR_CTP_BODY_TOO_LARGE",
-    415: "FST_ERR_CTP_INVALID_MEDIA_TYPE",
-}
-
-
-def body_error_response(error: BodyError) -> web.Response:
-    """400 {error, location} for bad JSON; 408/413/415 in Fastify's shape."""
-    if error.status == 400:
-        return bad_request(error.message, error.location)
-    return _fastify_error(error.status, _FASTIFY_CODES.get(error.status, "FST_ERR"), error.message)
-
-
-async def read_object(request: web.Request) -> dict[str, Any] | web.Response:
-    """The JSON object body (request_body.read_json), or the error response."""
-    try:
-        data = await request_body.read_json(request)
-    except BodyError as error:
-        return body_error_response(error)
-    if not isinstance(data, dict):
-        return bad_request("Bad Request: the body must be a JSON object", "body")
-    return data
-
-
-async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
-    """Read, decode and validate a JSON object body; the model or an error response."""
-    data = await read_object(request)
-    return data if isinstance(data, web.Response) else validate(data, model)
-
-
-def validate(data: dict[str, Any], model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        message, location = validation_message(error)
-        return bad_request(message, location)
 
 
 # ---- handlers --------------------------------------------------------------------------------
@@ -466,9 +366,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPNotFound:
-        response = _fastify_error_plain(404, f"Route {request.method}:{request.path} not found")
+        response = fastify_error_plain(404, f"Route {request.method}:{request.path} not found")
     except web.HTTPMethodNotAllowed as error:
-        response = _fastify_error_plain(405, f"Method {request.method} not allowed on {request.path}")
+        response = fastify_error_plain(405, f"Method {request.method} not allowed on {request.path}")
         response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))
     except web.HTTPException:
         raise
@@ -485,10 +385,6 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Keep-alive connections would keep reaching this pod after it left the Service.
         response.force_close()
     return response
-
-
-def _fastify_error_plain(status: int, message: str) -> web.Response:
-    return json_response({"message": message, "error": _status_reason(status), "statusCode": status}, status)
 
 
 class QuietBadRequests(logging.Filter):

@@ -1,4 +1,4 @@
-"""Scenario 11: the router (spec.routing) and scale to zero (spec.scaling) on a real API server.
+"""Scenario 12: the router (spec.routing) and scale to zero (spec.scaling) on a real API server.
 
 The operator creates the router's Deployment, PodDisruptionBudget and headless Service, and points the
 instance's Service at the router pods; removing spec.routing deletes them again (the delete rights rbac.py

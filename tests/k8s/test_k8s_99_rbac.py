@@ -1,4 +1,4 @@
-"""Scenario 10: the operator's ServiceAccount has exactly the documented minimal rights (no wildcard, no
+"""Scenario 99: the operator's ServiceAccount has exactly the documented minimal rights (no wildcard, no
 Secret access unless documented), and nothing it did in the whole session was refused (no 403).
 
 This module runs last (file order), so the 403 checks cover every scenario that ran before it."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from comfyui_standin.testing import upscale
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -331,20 +332,8 @@ def files_url(namespace: str, path: str) -> str:
 
 
 def upscale_prompt(model_name: str, size: int = 16, prefix: str = "e2e") -> dict[str, Any]:
-    """EmptyImage -> UpscaleModelLoader(model_name) -> ImageUpscaleWithModel -> SaveImage: the stand-in really
-    opens the model file (its safetensors header) and scales by its metadata `scale`."""
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": size, "height": size, "batch_size": 1, "color": 0},
-        },
-        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model_name}},
-        "3": {
-            "class_type": "ImageUpscaleWithModel",
-            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
-        },
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
-    }
+    """comfyui_standin.testing.upscale, 16x16 by default."""
+    return upscale(model_name, size=size, prefix=prefix)
 
 
 def models_volume(namespace: str, claim: str = "models") -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from comfy_sdk import AsyncComfy
+from comfyui_standin.testing import upscale
 
 from .kube import (
     Kube,
@@ -74,25 +75,7 @@ def _successes(kube: Kube, namespace: str, pod: str) -> float:
 
 def _prompt(model: str, seed: int, *, sleep_s: float = 0.0) -> dict[str, Any]:
     """EmptyImage -> UpscaleModelLoader(URL model) -> upscale (-> StandinSleep) -> SaveImage."""
-    prompt: dict[str, Any] = {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": seed},
-        },
-        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model}},
-        "3": {
-            "class_type": "ImageUpscaleWithModel",
-            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
-        },
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "routed"}},
-    }
-    if sleep_s:
-        prompt["5"] = {
-            "class_type": "StandinSleep",
-            "inputs": {"image": ["3", 0], "seconds": sleep_s, "steps": 10},
-        }
-        prompt["4"]["inputs"]["images"] = ["5", 0]
-    return prompt
+    return upscale(model, color=seed, prefix="routed", sleep_s=sleep_s, sleep_steps=10)
 
 
 def test_jobs_through_the_service_go_to_the_replica_holding_their_model(

@@ -19,6 +19,7 @@ from comfyui_sidecar.app import COMFY_KEY
 from comfyui_sidecar.comfy_pool import ComfyPool
 from comfyui_sidecar.logs import JobIdFilter
 from comfyui_sidecar.placement import Placement
+from comfyui_standin import testing
 from comfyui_standin.testing import RunningStandin, run_standin, write_model
 from sidecar_harness import RunningSidecar, run_sidecar, sidecar_settings, wait_until
 
@@ -73,22 +74,7 @@ def pool(p: Pod) -> ComfyPool:
 
 
 def upscale(model: str, prefix: str, seconds: float = 0.0) -> dict[str, Any]:
-    prompt: dict[str, Any] = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
-        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model}},
-        "3": {
-            "class_type": "ImageUpscaleWithModel",
-            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
-        },
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
-    }
-    if seconds:
-        prompt["5"] = {
-            "class_type": "StandinSleep",
-            "inputs": {"image": ["3", 0], "seconds": seconds, "steps": 1},
-        }
-        prompt["4"]["inputs"]["images"] = ["5", 0]
-    return prompt
+    return testing.upscale(model, color=7, prefix=prefix, sleep_s=seconds, sleep_steps=1)
 
 
 async def post(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from comfyui_standin import testing
 from comfyui_standin.testing import RunningStandin, run_standin, write_model
 from standin_helpers import golden, post_prompt, until_done
 
@@ -16,19 +17,7 @@ DELAY = 0.6
 
 
 def upscale(model: str, color: int = 0) -> dict[str, Any]:
-    """A loader, a node that uses its model, and a save: the recorded wf_heavy_upscale's shape, small."""
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color},
-        },
-        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model}},
-        "3": {
-            "class_type": "ImageUpscaleWithModel",
-            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
-        },
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t/up"}},
-    }
+    return testing.upscale(model, color=color, prefix="t/up")
 
 
 async def run(

@@ -28,6 +28,7 @@ from comfyui_sidecar.library.manifest import LibraryManifest
 from comfyui_sidecar.library.report import SyncReport, decode
 from comfyui_sidecar.library.sync import EXIT_OK, EXIT_PERMANENT, EXIT_RETRY, run_sync
 from s3_server import BUCKET, REGION, S3Server, s3_server  # noqa: F401 (fixture)
+from tier import tool_missing
 
 MIB = 1 << 20
 
@@ -270,7 +271,7 @@ def small_volume(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(root)], capture_output=True, check=False
     )
     if mounted.returncode != 0:
-        pytest.skip(f"can not mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        tool_missing(f"can not mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
         yield root
     finally:

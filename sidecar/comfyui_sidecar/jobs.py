@@ -133,9 +133,6 @@ class JobStore:
     def assets_in_use(self) -> set[str]:
         return {asset for record in self.records() if not record.terminal for asset in record.assets}
 
-    def file_in_use(self, key: tuple[str, str, str]) -> bool:
-        return self._file_refs[key] > 0
-
     # ---- queue positions -----------------------------------------------------------------------------------
     def _queued(self) -> list[JobRecord]:
         return sorted((r for r in self.records() if r.status == "queued"), key=lambda r: r.seq)

@@ -182,13 +182,6 @@ def parse_url(text: object) -> Url:
     )
 
 
-def try_parse(text: object) -> Url | None:
-    try:
-        return parse_url(text)
-    except InvalidUrl:
-        return None
-
-
 def scheme_of(text: str) -> str | None:
     """The scheme of something written like a URL (`name://…`), lower case, or None."""
     head, sep, _ = text.partition("://")
